@@ -1,0 +1,1 @@
+"""The `avgate` command line: run the local stack, migrate, manage keys."""

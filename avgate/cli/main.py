@@ -1,0 +1,179 @@
+"""`avgate`: the operator's command line.
+
+  avgate run                      the whole local stack (embedded defaults)
+  avgate db bootstrap|migrate|check
+  avgate keys create|list|revoke|rotate   (through the gateway's RPCs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+from grpc_status import rpc_status
+
+from avgate.kernel import migrations
+from avgate.kernel.db import SCHEMA_OWNERS, bootstrap_database, role_url
+
+ROLE_NAMES = {"provider": 1, "regulator": 2, "public": 3, "operator": 4}
+DEPARTMENT_NAMES = {"cyberspace": 1, "culture_tourism": 2, "radio_television": 3, "public_security": 4}
+
+
+def _service_urls(args: argparse.Namespace) -> dict[str, str]:
+    admin = args.admin_url or os.environ.get("DATABASE_URL")
+    urls = {}
+    for owner in SCHEMA_OWNERS:
+        url = os.environ.get(owner.url_env) or (role_url(admin, owner.role) if admin else None)
+        if url is None:
+            raise SystemExit(f"set {owner.url_env} or DATABASE_URL")
+        urls[owner.name] = url
+    return urls
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    if args.db_command == "bootstrap":
+        admin = args.admin_url or os.environ.get("DATABASE_URL")
+        if not admin:
+            raise SystemExit("set --admin-url or DATABASE_URL")
+        bootstrap_database(admin)
+        print("roles and schemas are in place")
+        return 0
+    urls = _service_urls(args)
+    failed = 0
+    for owner in SCHEMA_OWNERS:
+        if args.service and owner.name != args.service:
+            continue
+        if args.db_command == "migrate":
+            migrations.upgrade(owner, urls[owner.name])
+            print(f"{owner.name}: at head")
+        else:
+            try:
+                migrations.check(owner, urls[owner.name])
+                print(f"{owner.name}: models and migrations agree")
+            except Exception as exc:  # noqa: BLE001 - alembic reports drift as an exception
+                print(f"{owner.name}: {exc}", file=sys.stderr)
+                failed = 1
+    return failed
+
+
+async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
+    from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+    key = args.api_key or os.environ.get("AVGATE_API_KEY")
+    if not key:
+        raise SystemExit("set --api-key or AVGATE_API_KEY (an operator or provider key)")
+    metadata = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        if args.keys_command == "create":
+            request = gateway_pb2.CreateApiKeyRequest(
+                display_name=args.name, role=ROLE_NAMES[args.role], tenant_id=args.tenant or ""  # type: ignore[arg-type]
+            )
+            if args.department or args.region:
+                request.regulator_scope.departments.extend(DEPARTMENT_NAMES[d] for d in args.department)  # type: ignore[misc]
+                request.regulator_scope.region_codes.extend(args.region)
+            if args.ttl_days:
+                request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(args.ttl_days * 86400)))
+            reply = await stub.CreateApiKey(request, metadata=metadata, timeout=10)
+        elif args.keys_command == "list":
+            reply = await stub.ListApiKeys(
+                gateway_pb2.ListApiKeysRequest(tenant_id=args.tenant or "", include_revoked=args.include_revoked),
+                metadata=metadata,
+                timeout=10,
+            )
+        elif args.keys_command == "revoke":
+            reply = await stub.RevokeApiKey(
+                gateway_pb2.RevokeApiKeyRequest(key_id=args.key_id, reason=args.reason), metadata=metadata, timeout=10
+            )
+        else:
+            request = gateway_pb2.RotateApiKeyRequest(key_id=args.key_id)
+            if args.grace_hours is not None:
+                request.grace_period.CopyFrom(duration_pb2.Duration(seconds=int(args.grace_hours * 3600)))
+            reply = await stub.RotateApiKey(request, metadata=metadata, timeout=10)
+    return json_format.MessageToDict(reply)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_call_gateway(args))
+    except grpc.aio.AioRpcError as exc:
+        error: dict[str, object] = {"code": exc.code().name, "message": exc.details()}
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        if status is not None:
+            error["details"] = [json_format.MessageToDict(d) for d in status.details]
+        print(json.dumps({"error": error}, indent=2, ensure_ascii=False), file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from avgate.cli.stack import StackConfig, run_stack
+
+    return run_stack(
+        StackConfig(
+            state_dir=pathlib.Path(args.state_dir),
+            host=args.host,
+            gateway_port=args.gateway_port,
+            service_port_base=args.service_port_base,
+            metrics_port_base=args.metrics_port_base,
+        )
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avgate", description="avgate compliance gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole local stack until Ctrl-C")
+    run.add_argument("--state-dir", default=os.environ.get("AVGATE_STATE_DIR", ".avgate"))
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--gateway-port", type=int, default=50051)
+    run.add_argument("--service-port-base", type=int, default=50061, help="identity, screening, reporting, complaints")
+    run.add_argument("--metrics-port-base", type=int, default=9460)
+    run.set_defaults(func=cmd_run)
+
+    db = sub.add_parser("db", help="database roles, schemas and migrations")
+    db.add_argument("db_command", choices=["bootstrap", "migrate", "check"])
+    db.add_argument("--admin-url", help="admin URL (default DATABASE_URL)")
+    db.add_argument("--service", choices=[o.name for o in SCHEMA_OWNERS])
+    db.set_defaults(func=cmd_db)
+
+    keys = sub.add_parser("keys", help="API keys, through the gateway")
+    keys.add_argument("--target", default=os.environ.get("AVGATE_GATEWAY", "127.0.0.1:50051"))
+    keys.add_argument("--api-key", help="caller's key (default AVGATE_API_KEY)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=list(ROLE_NAMES))
+    create.add_argument("--tenant")
+    create.add_argument("--department", action="append", default=[], choices=list(DEPARTMENT_NAMES))
+    create.add_argument("--region", action="append", default=[])
+    create.add_argument("--ttl-days", type=float)
+    lst = ksub.add_parser("list")
+    lst.add_argument("--tenant")
+    lst.add_argument("--include-revoked", action="store_true")
+    revoke = ksub.add_parser("revoke")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--reason", required=True)
+    rotate = ksub.add_parser("rotate")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace-hours", type=float)
+    keys.set_defaults(func=cmd_keys)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The database: one PostgreSQL database, one schema and one role per process.
+
+Each process owns one schema (its tables live there and nowhere else), logs
+in as its own role (`avgate_<name>`), and has its own URL setting
+(`<NAME>_DATABASE_URL`) falling back to DATABASE_URL. `bootstrap_database`
+is what an operator (or the local stack) runs once with an admin URL: it
+creates the roles and the schemas, each owned by its process's role, so a
+role can change only its own schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+from dataclasses import dataclass
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+@dataclass(frozen=True)
+class SchemaOwner:
+    """A process that owns a schema with its own migration history."""
+
+    name: str
+    package: str
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+    @property
+    def role(self) -> str:
+        return f"avgate_{self.name}"
+
+    @property
+    def url_env(self) -> str:
+        return f"{self.name.upper()}_DATABASE_URL"
+
+    @property
+    def versions_dir(self) -> pathlib.Path:
+        module = importlib.import_module(self.package)
+        return pathlib.Path(module.__file__ or "").parent / "migrations"
+
+    def metadata(self):  # type: ignore[no-untyped-def]
+        return importlib.import_module(f"{self.package}.models").metadata
+
+
+SCHEMA_OWNERS: tuple[SchemaOwner, ...] = (
+    SchemaOwner("gateway", "gateway"),
+    SchemaOwner("identity", "services.identity"),
+    SchemaOwner("screening", "services.screening"),
+    SchemaOwner("reporting", "services.reporting"),
+    SchemaOwner("complaints", "services.complaints"),
+)
+
+
+def owner(name: str) -> SchemaOwner:
+    for o in SCHEMA_OWNERS:
+        if o.name == name:
+            return o
+    raise KeyError(name)
+
+
+def sqlalchemy_url(url: str) -> URL:
+    """A libpq-style URL as SQLAlchemy's psycopg (v3) dialect URL."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if parsed.drivername in ("postgresql", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def role_url(admin_url: str, role: str) -> str:
+    """The admin URL with the user replaced by a service role (trust or peer auth)."""
+    return sqlalchemy_url(admin_url).set(username=role, password=None).render_as_string(hide_password=False)
+
+
+def create_engine_for(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def sync_engine(url: str) -> Engine:
+    return create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
+
+
+def bootstrap_database(admin_url: str) -> None:
+    """Creates every process's role and schema (idempotent)."""
+    engine = sync_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            database = conn.execute(text("select current_database()")).scalar_one()
+            for o in SCHEMA_OWNERS:
+                exists = conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": o.role}).first()
+                if not exists:
+                    conn.execute(text(f'create role "{o.role}" login'))
+                conn.execute(text(f'grant connect on database "{database}" to "{o.role}"'))
+                conn.execute(text(f'create schema if not exists "{o.schema}" authorization "{o.role}"'))
+                conn.execute(text(f'alter schema "{o.schema}" owner to "{o.role}"'))
+    finally:
+        engine.dispose()
+
+
+def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    """Creates database `name` on the admin URL's server; returns its admin URL."""
+    engine = sync_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(text("select 1 from pg_database where datname = :n"), {"n": name}).first()
+            if not exists:
+                clause = f' template "{template}"' if template else ""
+                conn.execute(text(f'create database "{name}"{clause}'))
+    finally:
+        engine.dispose()
+    return sqlalchemy_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    engine = sync_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'drop database if exists "{name}" with (force)'))
+    finally:
+        engine.dispose()

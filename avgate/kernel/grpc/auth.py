@@ -1,0 +1,58 @@
+"""Principal verification in every service, and signed calls between services.
+
+Health checks and reflection are open (probes and tooling); every other
+method needs a principal token addressed to this service and method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import grpc
+
+from avgate.kernel.grpc.wrapping import ScopedInterceptor
+from avgate.kernel.principal import (
+    TOKEN_METADATA_KEY,
+    Principal,
+    TokenSigner,
+    TokenVerifier,
+    bind_principal,
+    unbind_principal,
+)
+from avgate.kernel.telemetry import outgoing_trace_metadata
+
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    for k, v in metadata or ():
+        if k == key:
+            return v.decode() if isinstance(v, bytes) else v
+    return None
+
+
+class PrincipalInterceptor(ScopedInterceptor):
+    """Verifies the principal token and binds the principal for the call."""
+
+    def __init__(self, verifier: TokenVerifier):
+        self._verifier = verifier
+
+    def applies_to(self, method: str) -> bool:
+        return not method.startswith(OPEN_METHOD_PREFIXES)
+
+    @asynccontextmanager
+    async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        token = metadata_value(context.invocation_metadata(), TOKEN_METADATA_KEY)
+        principal = self._verifier.verify(token, method=method)
+        bound = bind_principal(principal)
+        try:
+            yield
+        finally:
+            unbind_principal(bound)
+
+
+def service_call_metadata(signer: TokenSigner, origin: Principal, *, audience: str, method: str) -> list[tuple[str, str]]:
+    """Metadata for a call from this service to another, acting for `origin`."""
+    token = signer.sign_as_service(origin, audience=audience, method=method)
+    return [(TOKEN_METADATA_KEY, token), *outgoing_trace_metadata()]

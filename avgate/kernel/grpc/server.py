@@ -1,0 +1,133 @@
+"""The gRPC server bootstrap every process uses.
+
+grpc.aio server with message-size limits and back-pressure, the shared
+interceptors (observability → error mapping → principal), grpc.health.v1,
+reflection, a Prometheus endpoint, and a graceful drain on SIGTERM/SIGINT:
+health turns NOT_SERVING first so load balancers stop sending, then
+in-flight calls get the grace period to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from avgate.kernel.grpc.errors import ErrorMappingInterceptor
+from avgate.kernel.grpc.observability import ObservabilityInterceptor
+from avgate.kernel.metrics import GrpcMetrics, serve_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """One servicer, how to add it, and the full names of the services it serves."""
+
+    servicer: Any
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    service_names: Sequence[str]
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = -1
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_rpcs: int | None = 2000
+    shutdown_grace_seconds: float = 15.0
+    extra_reflection_names: Sequence[str] = ()
+
+
+@dataclass
+class GrpcProcess:
+    """A running gRPC server with its health, reflection and metrics."""
+
+    name: str
+    registrations: Sequence[ServiceRegistration]
+    options: ServerOptions
+    auth_interceptor: grpc.aio.ServerInterceptor | None
+    health_servicer: Any = None
+    generic_handlers: Sequence[grpc.GenericRpcHandler] = ()
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    port: int = 0
+    metrics_port: int = 0
+    _server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservabilityInterceptor(GrpcMetrics(self.registry)),
+            ErrorMappingInterceptor(),
+        ]
+        if self.auth_interceptor is not None:
+            interceptors.append(self.auth_interceptor)
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", self.options.max_message_bytes),
+                ("grpc.max_send_message_length", self.options.max_message_bytes),
+                # Accept client keepalive pings every 20 s without GOAWAY.
+                ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+            maximum_concurrent_rpcs=self.options.max_concurrent_rpcs,
+        )
+        if self.generic_handlers:
+            server.add_generic_rpc_handlers(tuple(self.generic_handlers))
+        names: list[str] = []
+        for reg in self.registrations:
+            reg.add_to_server(reg.servicer, server)
+            names.extend(reg.service_names)
+        if self.health_servicer is None:
+            self.health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server)
+        reflection.enable_server_reflection(
+            [*names, *self.options.extra_reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        if self.port == 0:
+            raise RuntimeError(f"{self.name}: could not bind {self.options.host}:{self.options.port}")
+        await server.start()
+        self._server = server
+        if isinstance(self.health_servicer, health.aio.HealthServicer):
+            for service_name in ["", *names]:
+                await self.health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics_port = serve_metrics(self.registry, self.options.metrics_host, self.options.metrics_port)
+        log.info(
+            "serving",
+            extra={"grpc_port": self.port, "metrics_port": self.metrics_port, "services": names},
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        if hasattr(self.health_servicer, "enter_graceful_shutdown"):
+            await self.health_servicer.enter_graceful_shutdown()
+        await server.stop(self.options.shutdown_grace_seconds)
+        for hook in self.on_shutdown:
+            await hook()
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Starts, then serves until SIGTERM or SIGINT, then drains."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("draining")
+        await self.stop()

@@ -1,0 +1,103 @@
+"""Wrapping every RPC handler, whatever its cardinality, in an async scope.
+
+An interceptor here supplies one `scope(method, context)` async context
+manager; the same scope surrounds unary and streaming handlers alike, so the
+error mapping, principal binding and observability each live in one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+
+
+async def _resolve_unary(result: Any) -> Any:
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _iterate(result: Any) -> AsyncIterator[Any]:
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None:
+        return
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        for item in result:
+            yield item
+
+
+class ScopedInterceptor(grpc.aio.ServerInterceptor):
+    """Base: runs each call of each handler inside `self.scope(method, context)`."""
+
+    def applies_to(self, method: str) -> bool:
+        return True
+
+    def scope(self, method: str, context: grpc.aio.ServicerContext) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not self.applies_to(method):
+            return handler
+        return wrap_handler(handler, method, self.scope)
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    method: str,
+    scope: Callable[[str, grpc.aio.ServicerContext], AbstractAsyncContextManager[None]],
+) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(method, context):
+                return await _resolve_unary(inner_uu(request, context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(method, context):
+                return await _resolve_unary(inner_su(request_iterator, context))
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with scope(method, context):
+                async for item in _iterate(inner_us(request, context)):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async with scope(method, context):
+            async for item in _iterate(inner_ss(request_iterator, context)):
+                yield item
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )

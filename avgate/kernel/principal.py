@@ -1,0 +1,251 @@
+"""Who is calling: the principal and the short-lived tokens that carry it.
+
+The gateway authenticates an outside caller and signs, per call, a token
+addressed to one service and one method (JWT, EdDSA/Ed25519, 30 s by
+default). A service verifies it and trusts nothing else the caller sent.
+When a service calls another it signs its own token naming itself (role
+SERVICE, subject = its name) with the original principal nested in
+`origin`. Each token has a unique id that the receiving process accepts
+once, so a captured token cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import ipaddress
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from avgate.kernel.errors import InvalidPrincipalToken, PermissionDenied
+from avgate.kernel.keys import SigningKey
+
+TOKEN_METADATA_KEY = "x-avgate-principal"
+GATEWAY_ISSUER = "gateway"
+_CLOCK_SKEW_SECONDS = 5
+
+
+class Role(enum.Enum):
+    """Mirrors avgate.common.v1.Role (names without the ROLE_ prefix)."""
+
+    PROVIDER = "provider"
+    REGULATOR = "regulator"
+    PUBLIC = "public"
+    OPERATOR = "operator"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class RegulatorScope:
+    departments: tuple[str, ...] = ()
+    region_codes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one RPC."""
+
+    role: Role
+    subject: str
+    tenant_id: str | None = None
+    regulator_scope: RegulatorScope | None = None
+    client_address: str | None = None
+    request_id: str = ""
+    origin: Principal | None = None
+    """For ROLE_SERVICE: the principal the calling service acts for."""
+
+    def require_tenant(self) -> str:
+        """The tenant every record this call touches must belong to."""
+        effective = self.effective
+        if not effective.tenant_id:
+            raise PermissionDenied("this operation needs a provider tenant")
+        return effective.tenant_id
+
+    def require_role(self, *roles: Role) -> None:
+        if self.effective.role not in roles:
+            allowed = ", ".join(r.value for r in roles)
+            raise PermissionDenied(f"role {self.effective.role.value} may not do this (needs {allowed})")
+
+    @property
+    def effective(self) -> Principal:
+        """The outermost human/provider principal, looking through service hops."""
+        p = self
+        while p.role is Role.SERVICE and p.origin is not None:
+            p = p.origin
+        return p
+
+    def to_claims(self) -> dict[str, Any]:
+        claims: dict[str, Any] = {"role": self.role.value, "sub": self.subject}
+        if self.tenant_id:
+            claims["tenant"] = self.tenant_id
+        if self.regulator_scope is not None:
+            claims["scope"] = {
+                "departments": list(self.regulator_scope.departments),
+                "regions": list(self.regulator_scope.region_codes),
+            }
+        if self.client_address:
+            claims["cip"] = self.client_address
+        if self.origin is not None:
+            claims["origin"] = self.origin.to_claims()
+        return claims
+
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any], request_id: str, depth: int = 0) -> Principal:
+        if depth > 4:
+            raise InvalidPrincipalToken("principal nesting too deep")
+        try:
+            role = Role(claims["role"])
+            subject = str(claims["sub"])
+        except (KeyError, ValueError) as exc:
+            raise InvalidPrincipalToken("principal claims are malformed") from exc
+        scope = None
+        if "scope" in claims:
+            raw = claims["scope"]
+            scope = RegulatorScope(tuple(raw.get("departments", ())), tuple(raw.get("regions", ())))
+        origin = cls.from_claims(claims["origin"], request_id, depth + 1) if "origin" in claims else None
+        return cls(
+            role=role,
+            subject=subject,
+            tenant_id=claims.get("tenant"),
+            regulator_scope=scope,
+            client_address=claims.get("cip"),
+            request_id=request_id,
+            origin=origin,
+        )
+
+
+def normalise_client_address(value: str) -> str | None:
+    """An IP address in canonical form, or None when value is not one."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+class TokenSigner:
+    """Signs principal tokens addressed to one service and one method."""
+
+    def __init__(self, key: SigningKey, ttl_seconds: float = 30.0):
+        self._key = key
+        self._ttl = ttl_seconds
+
+    @property
+    def issuer(self) -> str:
+        return self._key.issuer
+
+    def sign(self, principal: Principal, *, audience: str, method: str) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self._key.issuer,
+            "aud": audience,
+            "iat": now,
+            "nbf": now - 1,
+            "exp": now + int(self._ttl),
+            "jti": uuid.uuid4().hex,
+            "rid": principal.request_id,
+            "mth": method,
+            "prn": principal.to_claims(),
+        }
+        return jwt.encode(claims, self._key.private_key, algorithm="EdDSA", headers={"kid": self._key.kid})
+
+    def sign_as_service(self, origin: Principal, *, audience: str, method: str) -> str:
+        """A token naming this process as the caller, acting for `origin`."""
+        me = Principal(role=Role.SERVICE, subject=self._key.issuer, request_id=origin.request_id, origin=origin)
+        return self.sign(me, audience=audience, method=method)
+
+
+class ReplayCache:
+    """Token ids seen within their lifetime, bounded in size."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._max = max_entries
+
+    def check_and_add(self, jti: str, expires_at: float) -> bool:
+        """True the first time a token id is seen; False for a replay."""
+        now = time.time()
+        while self._seen:
+            oldest_jti, oldest_exp = next(iter(self._seen.items()))
+            if oldest_exp + _CLOCK_SKEW_SECONDS >= now and len(self._seen) < self._max:
+                break
+            self._seen.pop(oldest_jti)
+        if jti in self._seen:
+            return False
+        self._seen[jti] = expires_at
+        return True
+
+
+@dataclass
+class TokenVerifier:
+    """Verifies principal tokens addressed to this service."""
+
+    audience: str
+    trusted_keys: dict[str, dict[str, Ed25519PublicKey]]
+    replay_cache: ReplayCache = field(default_factory=ReplayCache)
+
+    def verify(self, token: str | None, *, method: str) -> Principal:
+        if not token:
+            raise InvalidPrincipalToken("missing principal token; call through the gateway")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise InvalidPrincipalToken("malformed principal token") from exc
+        if header.get("alg") != "EdDSA":
+            raise InvalidPrincipalToken("principal token must be signed with EdDSA")
+        issuer = unverified.get("iss")
+        key = self.trusted_keys.get(str(issuer), {}).get(str(header.get("kid")))
+        if key is None:
+            raise InvalidPrincipalToken("principal token signed by an untrusted key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["EdDSA"],
+                audience=self.audience,
+                issuer=issuer,
+                leeway=_CLOCK_SKEW_SECONDS,
+                options={"require": ["exp", "iat", "jti", "aud", "iss", "mth", "prn"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidPrincipalToken("principal token expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise InvalidPrincipalToken("principal token is addressed to another service") from exc
+        except jwt.PyJWTError as exc:
+            raise InvalidPrincipalToken("principal token signature or claims invalid") from exc
+        if claims["mth"] != method:
+            raise InvalidPrincipalToken("principal token is addressed to another method")
+        principal = Principal.from_claims(claims["prn"], request_id=str(claims.get("rid", "")))
+        if issuer != GATEWAY_ISSUER and not (principal.role is Role.SERVICE and principal.subject == issuer):
+            # A service may only speak for itself; only the gateway names outside callers.
+            raise InvalidPrincipalToken("a service token must name its issuer as the caller")
+        if principal.role is Role.SERVICE and issuer == GATEWAY_ISSUER:
+            raise InvalidPrincipalToken("the gateway does not issue service principals")
+        if not self.replay_cache.check_and_add(str(claims["jti"]), float(claims["exp"])):
+            raise InvalidPrincipalToken("principal token was already used")
+        return principal
+
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("avgate_principal", default=None)
+
+
+def current_principal() -> Principal:
+    """The verified principal of the RPC being handled."""
+    principal = _current.get()
+    if principal is None:
+        raise InvalidPrincipalToken("no verified principal for this call")
+    return principal
+
+
+def bind_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    return _current.set(principal)
+
+
+def unbind_principal(token: contextvars.Token[Principal | None]) -> None:
+    _current.reset(token)

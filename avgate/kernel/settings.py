@@ -1,0 +1,97 @@
+"""Settings from environment variables: one object per process.
+
+Every process's settings class derives from ProcessSettings, which reads the
+shared AVGATE_* variables and DATABASE_URL, and adds its own fields under its
+own prefix (IDENTITY_, GATEWAY_, ...). The defaults are a working local
+stack. With AVGATE_ENV=production, `check_production()` names every local
+stand-in still configured, and the process refuses to start.
+"""
+
+from __future__ import annotations
+
+import enum
+import pathlib
+from typing import ClassVar
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(enum.StrEnum):
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+class ProductionProfileError(RuntimeError):
+    """The production profile found local stand-ins configured."""
+
+    def __init__(self, process: str, problems: list[str]):
+        self.problems = problems
+        listed = "\n  - ".join(problems)
+        super().__init__(f"{process} refuses to start with AVGATE_ENV=production while local stand-ins are configured:\n  - {listed}")
+
+
+def shared(env: str, default: object, **kwargs: object) -> object:
+    """A field read from a project-wide variable regardless of the class's prefix."""
+    return Field(default, validation_alias=AliasChoices(env), **kwargs)  # type: ignore[call-overload]
+
+
+class ProcessSettings(BaseSettings):
+    """Settings every avgate process has."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    # The short process name ("gateway", "identity", ...); also the issuer of
+    # its principal tokens and the audience of tokens addressed to it.
+    process_name: ClassVar[str] = "avgate"
+
+    env: Environment = shared("AVGATE_ENV", Environment.LOCAL)  # type: ignore[assignment]
+    state_dir: pathlib.Path = shared("AVGATE_STATE_DIR", pathlib.Path(".avgate"))  # type: ignore[assignment]
+    log_level: str = shared("AVGATE_LOG_LEVEL", "INFO")  # type: ignore[assignment]
+    otel_exporter: str = shared("AVGATE_OTEL_EXPORTER", "none", pattern="^(none|console|otlp)$")  # type: ignore[assignment]
+    generate_keys: bool = shared("AVGATE_GENERATE_KEYS", True)  # type: ignore[assignment]
+    signing_key_file: pathlib.Path | None = shared("AVGATE_SIGNING_KEY_FILE", None)  # type: ignore[assignment]
+    trusted_keys_dir: pathlib.Path | None = shared("AVGATE_TRUSTED_KEYS_DIR", None)  # type: ignore[assignment]
+    token_ttl_seconds: float = shared("AVGATE_TOKEN_TTL_SECONDS", 30.0, gt=0, le=300)  # type: ignore[assignment]
+    max_message_bytes: int = shared("AVGATE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, ge=1024)  # type: ignore[assignment]
+    shutdown_grace_seconds: float = shared("AVGATE_SHUTDOWN_GRACE_SECONDS", 15.0, ge=0)  # type: ignore[assignment]
+    fallback_database_url: str | None = shared("DATABASE_URL", None)  # type: ignore[assignment]
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0
+    metrics_port: int = 0
+    database_url: str | None = None
+
+    @property
+    def effective_database_url(self) -> str | None:
+        """This process's own URL, falling back to DATABASE_URL."""
+        return self.database_url or self.fallback_database_url
+
+    @property
+    def keys_dir(self) -> pathlib.Path:
+        return self.trusted_keys_dir or (self.state_dir / "keys")
+
+    @property
+    def own_signing_key_file(self) -> pathlib.Path:
+        return self.signing_key_file or (self.keys_dir / f"{self.process_name}.key")
+
+    def local_stand_ins(self) -> list[str]:
+        """Every local-only stand-in this configuration uses, by variable name.
+
+        Subclasses extend it with their own (SMS file sink, verification
+        stand-in, development API keys, ...).
+        """
+        problems = []
+        if self.generate_keys:
+            problems.append("AVGATE_GENERATE_KEYS=true (generated signing keys); mount real keys and set it to false")
+        if not self.effective_database_url:
+            problems.append(
+                f"no {self.model_config.get('env_prefix', '')}DATABASE_URL or DATABASE_URL (embedded PostgreSQL)"
+            )
+        return problems
+
+    def check_production(self) -> None:
+        if self.env is Environment.PRODUCTION:
+            problems = self.local_stand_ins()
+            if problems:
+                raise ProductionProfileError(self.process_name, problems)

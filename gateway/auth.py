@@ -1,0 +1,81 @@
+"""Front-door authentication: an API key becomes the principal of the call.
+
+The key comes as `authorization: Bearer <key>` (or `x-api-key`). The
+principal also carries a request id (the caller's `x-request-id` when well
+formed, otherwise a new one, echoed back in the response headers) and the
+end user's client address: what a provider reports in
+`x-avgate-end-user-address`, or the peer address for public callers.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+
+from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.grpc.auth import OPEN_METHOD_PREFIXES, metadata_value
+from avgate.kernel.grpc.wrapping import ScopedInterceptor
+from avgate.kernel.principal import Principal, Role, bind_principal, normalise_client_address, unbind_principal
+from gateway.service import ApiKeyService
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+END_USER_ADDRESS_KEY = "x-avgate-end-user-address"
+
+
+def presented_secret(metadata: grpc.aio.Metadata | None) -> str | None:
+    auth = metadata_value(metadata, "authorization")
+    if auth and auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return metadata_value(metadata, "x-api-key")
+
+
+def peer_address(peer: str) -> str | None:
+    """'ipv4:1.2.3.4:5678' or 'ipv6:[::1]:5678' → the IP."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return normalise_client_address(rest.rsplit(":", 1)[0])
+    if kind == "ipv6":
+        return normalise_client_address(rest.rsplit(":", 1)[0].strip("[]"))
+    return None
+
+
+class ApiKeyInterceptor(ScopedInterceptor):
+    def __init__(self, keys: ApiKeyService):
+        self._keys = keys
+
+    def applies_to(self, method: str) -> bool:
+        return not method.startswith(OPEN_METHOD_PREFIXES)
+
+    @asynccontextmanager
+    async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        metadata = context.invocation_metadata()
+        key = await self._keys.authenticate(presented_secret(metadata))
+        offered_id = metadata_value(metadata, "x-request-id")
+        request_id = offered_id if offered_id and REQUEST_ID.match(offered_id) else uuid.uuid4().hex
+        client_address = None
+        if key.role is Role.PROVIDER:
+            reported = metadata_value(metadata, END_USER_ADDRESS_KEY)
+            if reported:
+                client_address = normalise_client_address(reported)
+                if client_address is None:
+                    raise InvalidArgument(FieldViolation(f"metadata.{END_USER_ADDRESS_KEY}", "must be an IPv4 or IPv6 address"))
+        elif key.role is Role.PUBLIC:
+            client_address = peer_address(context.peer())
+        principal = Principal(
+            role=key.role,
+            subject=key.key_id,
+            tenant_id=key.tenant_id,
+            regulator_scope=key.regulator_scope,
+            client_address=client_address,
+            request_id=request_id,
+        )
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        bound = bind_principal(principal)
+        try:
+            yield
+        finally:
+            unbind_principal(bound)

@@ -1,0 +1,224 @@
+"""API key use cases: who may create, list, revoke and rotate which keys,
+and how a presented secret becomes a principal.
+
+Operators manage every key. A provider manages only its own tenant's
+provider keys; other roles manage none. A key outside the caller's reach is
+reported as not found, so tenants learn nothing of each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, NotFound, Unauthenticated
+from avgate.kernel.principal import Principal, RegulatorScope, Role
+from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
+from gateway.store import ApiKeyStore, Cursor
+
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+REGION_CODE = re.compile(r"^\d{6}$")
+DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_security")
+MAX_TTL = timedelta(days=730)
+DEFAULT_GRACE = timedelta(hours=24)
+MAX_GRACE = timedelta(days=30)
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+# Writing last-use on every call would turn each call into a write; once a minute is enough.
+LAST_USED_RESOLUTION_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: ApiKey
+    secret: str
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    key: ApiKey
+    secret: str
+    previous_secret_expire_time: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def encode_cursor(key: ApiKey) -> str:
+    raw = json.dumps([key.create_time.isoformat(), key.key_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(token: str) -> Cursor:
+    try:
+        created, key_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return datetime.fromisoformat(created), str(key_id)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument(FieldViolation("page.page_token", "not a token this API issued")) from exc
+
+
+class ApiKeyService:
+    def __init__(self, store: ApiKeyStore, clock: Callable[[], datetime] = _now):
+        self._store = store
+        self._clock = clock
+        self._last_touched: dict[str, float] = {}
+
+    async def create(
+        self,
+        caller: Principal,
+        *,
+        display_name: str,
+        role: Role | None,
+        tenant_id: str,
+        regulator_scope: RegulatorScope | None,
+        ttl: timedelta | None,
+        development: bool = False,
+    ) -> CreatedKey:
+        check = FieldChecker()
+        check.require(1 <= len(display_name.strip()) <= 200, "display_name", "must be 1 to 200 characters")
+        if role is None:
+            check.add("role", "must be set")
+        elif role is Role.SERVICE:
+            check.add("role", "ROLE_SERVICE keys cannot be created; services sign their own tokens")
+        if role is Role.PROVIDER:
+            check.require(bool(TENANT_ID.match(tenant_id)), "tenant_id", "required for provider keys: 2-63 of a-z, 0-9, '-'")
+        elif tenant_id:
+            check.add("tenant_id", "only provider keys belong to a tenant")
+        if role is Role.REGULATOR:
+            if regulator_scope is None or not regulator_scope.departments:
+                check.add("regulator_scope.departments", "a regulator key needs at least one department")
+            if regulator_scope is None or not regulator_scope.region_codes:
+                check.add("regulator_scope.region_codes", "a regulator key needs at least one region code")
+            for i, code in enumerate(regulator_scope.region_codes if regulator_scope else ()):
+                check.require(bool(REGION_CODE.match(code)), f"regulator_scope.region_codes[{i}]", "must be a 6-digit GB/T 2260 code")
+        elif regulator_scope is not None and (regulator_scope.departments or regulator_scope.region_codes):
+            check.add("regulator_scope", "only regulator keys have a scope")
+        if ttl is not None:
+            check.require(timedelta(0) < ttl <= MAX_TTL, "ttl", "must be positive and at most 730 days")
+        check.raise_if_any()
+        assert role is not None
+        self._authorize_manage(caller, role, tenant_id or None)
+        now = self._clock()
+        key_id = new_key_id()
+        secret = new_secret(key_id)
+        key = ApiKey(
+            key_id=key_id,
+            display_name=display_name.strip(),
+            role=role,
+            tenant_id=tenant_id or None,
+            regulator_scope=regulator_scope if role is Role.REGULATOR else None,
+            create_time=now,
+            created_by=f"{caller.role.value}:{caller.subject}",
+            expire_time=now + ttl if ttl is not None else None,
+            development=development,
+        )
+        await self._store.add(StoredApiKey(key=key, secret_hash=hash_secret(secret)))
+        return CreatedKey(key, secret)
+
+    async def list(
+        self, caller: Principal, *, tenant_id: str, include_revoked: bool, page_size: int, page_token: str
+    ) -> tuple[list[ApiKey], str]:
+        check = FieldChecker()
+        check.require(0 <= page_size <= MAX_PAGE_SIZE, "page.page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        if tenant_id:
+            check.require(bool(TENANT_ID.match(tenant_id)), "tenant_id", "2-63 of a-z, 0-9, '-'")
+        check.raise_if_any()
+        after = decode_cursor(page_token) if page_token else None
+        if caller.role is Role.OPERATOR:
+            scope_tenant = tenant_id or None
+        elif caller.role is Role.PROVIDER:
+            scope_tenant = caller.require_tenant()
+            if tenant_id and tenant_id != scope_tenant:
+                return [], ""
+        else:
+            caller.require_role(Role.OPERATOR, Role.PROVIDER)
+            raise AssertionError("unreachable")
+        limit = page_size or DEFAULT_PAGE_SIZE
+        keys = await self._store.list(tenant_id=scope_tenant, include_revoked=include_revoked, after=after, limit=limit + 1)
+        next_token = encode_cursor(keys[limit - 1]) if len(keys) > limit else ""
+        return keys[:limit], next_token
+
+    async def revoke(self, caller: Principal, *, key_id: str, reason: str) -> ApiKey:
+        check = FieldChecker()
+        check.require(bool(key_id), "key_id", "must be set")
+        check.require(1 <= len(reason.strip()) <= 500, "reason", "must be 1 to 500 characters")
+        check.raise_if_any()
+        stored = await self._visible(caller, key_id)
+        if stored.key.revoke_time is not None:
+            return stored.key  # revoking twice changes nothing
+        updated = stored.with_key(revoke_time=self._clock(), revoke_reason=reason.strip())
+        await self._store.save(updated)
+        return updated.key
+
+    async def rotate(self, caller: Principal, *, key_id: str, grace: timedelta | None) -> RotatedKey:
+        check = FieldChecker()
+        check.require(bool(key_id), "key_id", "must be set")
+        if grace is not None:
+            check.require(timedelta(0) <= grace <= MAX_GRACE, "grace_period", "must be between 0 and 30 days")
+        check.raise_if_any()
+        stored = await self._visible(caller, key_id)
+        now = self._clock()
+        if not stored.key.is_active(now):
+            raise NotFound("api_key", key_id, "api key is revoked or expired")
+        secret = new_secret(key_id)
+        previous_expire = now + (grace if grace is not None else DEFAULT_GRACE)
+        rotated = StoredApiKey(
+            key=stored.key,
+            secret_hash=hash_secret(secret),
+            previous_secret_hash=stored.secret_hash,
+            previous_secret_expire_time=previous_expire,
+        )
+        await self._store.save(rotated)
+        return RotatedKey(stored.key, secret, previous_expire)
+
+    async def authenticate(self, secret: str | None) -> ApiKey:
+        """The active key a presented secret belongs to, or Unauthenticated."""
+        key_id = key_id_of(secret or "")
+        if key_id is None:
+            raise Unauthenticated("missing or malformed API key; send 'authorization: Bearer <key>'")
+        stored = await self._store.get(key_id)
+        now = self._clock()
+        if stored is None or not stored.accepts(secret or "", now) or not stored.key.is_active(now):
+            raise Unauthenticated("API key is unknown, revoked or expired")
+        await self._touch(stored, now)
+        return stored.key
+
+    async def active_development_keys(self) -> list[ApiKey]:
+        return await self._store.active_development_keys(self._clock())
+
+    async def _touch(self, stored: StoredApiKey, now: datetime) -> None:
+        last = self._last_touched.get(stored.key.key_id, 0.0)
+        if time.monotonic() - last < LAST_USED_RESOLUTION_SECONDS:
+            return
+        self._last_touched[stored.key.key_id] = time.monotonic()
+        await self._store.save(stored.with_key(last_used_time=now))
+
+    async def _visible(self, caller: Principal, key_id: str) -> StoredApiKey:
+        stored = await self._store.get(key_id)
+        if stored is None or not self._may_manage(caller, stored.key.role, stored.key.tenant_id):
+            raise NotFound("api_key", key_id)
+        return stored
+
+    def _authorize_manage(self, caller: Principal, role: Role, tenant_id: str | None) -> None:
+        if caller.role is Role.OPERATOR:
+            return
+        if caller.role is Role.PROVIDER:
+            if role is not Role.PROVIDER:
+                caller.require_role(Role.OPERATOR)  # raises: providers create only provider keys
+            if tenant_id != caller.require_tenant():
+                raise InvalidArgument(FieldViolation("tenant_id", "a provider may create keys only for its own tenant"))
+            return
+        caller.require_role(Role.OPERATOR, Role.PROVIDER)
+
+    @staticmethod
+    def _may_manage(caller: Principal, role: Role, tenant_id: str | None) -> bool:
+        if caller.role is Role.OPERATOR:
+            return True
+        return caller.role is Role.PROVIDER and role is Role.PROVIDER and tenant_id == caller.tenant_id

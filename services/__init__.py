@@ -1,0 +1,1 @@
+"""The four avgate services, each its own gRPC process owning one schema."""

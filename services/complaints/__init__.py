@@ -1,0 +1,1 @@
+"""Complaints: the public complaint entrance, its workflow, appeals and statistics (Art. 15)."""

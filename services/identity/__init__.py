@@ -1,0 +1,1 @@
+"""Identity: real-name verification, the publishing gate and the enforcement ladder (Art. 8, 14)."""

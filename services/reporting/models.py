@@ -1,0 +1,7 @@
+"""Tables of the reporting schema (none yet: its issue adds them with migrations)."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+
+metadata = MetaData(schema="reporting")

@@ -1,0 +1,17 @@
+"""Settings of the screening process (environment prefix SCREENING_)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic_settings import SettingsConfigDict
+
+from avgate.kernel.settings import ProcessSettings
+
+
+class ScreeningSettings(ProcessSettings):
+    model_config = SettingsConfigDict(env_prefix="SCREENING_", extra="ignore", populate_by_name=True)
+    process_name: ClassVar[str] = "screening"
+
+    grpc_port: int = 50062
+    metrics_port: int = 9462

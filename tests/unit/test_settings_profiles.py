@@ -1,0 +1,55 @@
+"""The production profile refuses every local stand-in, by name."""
+
+from __future__ import annotations
+
+import pytest
+
+from avgate.kernel.settings import ProductionProfileError
+from gateway.config import GatewaySettings
+from services.identity.config import IdentitySettings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "AVGATE_GENERATE_KEYS", "GATEWAY_DEV_API_KEYS", "IDENTITY_DATABASE_URL", "AVGATE_ENV"):
+        monkeypatch.delenv(name, raising=False)
+
+
+class TestLocalProfile:
+    def test_defaults_are_a_working_local_stack(self) -> None:
+        settings = GatewaySettings()
+        settings.check_production()  # local: nothing refused
+        assert settings.grpc_port == 50051
+        assert settings.upstream_targets()["identity"] == "127.0.0.1:50061"
+
+
+class TestProductionProfile:
+    def test_refuses_defaults_and_names_each_stand_in(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AVGATE_ENV", "production")
+        with pytest.raises(ProductionProfileError) as refused:
+            GatewaySettings().check_production()
+        text = str(refused.value)
+        assert "AVGATE_GENERATE_KEYS" in text
+        assert "GATEWAY_DEV_API_KEYS" in text
+        assert "embedded PostgreSQL" in text
+        assert len(refused.value.problems) == 3
+
+    def test_starts_when_every_stand_in_is_replaced(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AVGATE_ENV", "production")
+        monkeypatch.setenv("AVGATE_GENERATE_KEYS", "false")
+        monkeypatch.setenv("GATEWAY_DEV_API_KEYS", "false")
+        monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql://gw@db/avgate")
+        GatewaySettings().check_production()
+
+    def test_service_url_falls_back_to_database_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AVGATE_ENV", "production")
+        monkeypatch.setenv("AVGATE_GENERATE_KEYS", "false")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://shared@db/avgate")
+        settings = IdentitySettings()
+        settings.check_production()
+        assert settings.effective_database_url == "postgresql://shared@db/avgate"
+
+    def test_own_url_wins_over_database_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql://shared@db/avgate")
+        monkeypatch.setenv("IDENTITY_DATABASE_URL", "postgresql://avgate_identity@db/avgate")
+        assert IdentitySettings().effective_database_url == "postgresql://avgate_identity@db/avgate"
