@@ -31,8 +31,12 @@ async def compose(settings: GatewaySettings) -> GrpcProcess:
         development = await keys.active_development_keys()
         if development:
             ids = ", ".join(k.key_id for k in development)
-            sys.exit(f"gateway refuses to start with AVGATE_ENV=production while development API keys are active: {ids}")
-    signer = TokenSigner(SigningKey("gateway", load_private_key(settings.own_signing_key_file)), settings.token_ttl_seconds)
+            sys.exit(
+                f"gateway refuses to start with AVGATE_ENV=production while development API keys are active: {ids}"
+            )
+    signer = TokenSigner(
+        SigningKey("gateway", load_private_key(settings.own_signing_key_file)), settings.token_ttl_seconds
+    )
     upstreams = build_upstreams(settings.upstream_targets(), settings.max_message_bytes)
     for upstream in upstreams:
         upstream.connect()

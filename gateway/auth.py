@@ -62,7 +62,9 @@ class ApiKeyInterceptor(ScopedInterceptor):
             if reported:
                 client_address = normalise_client_address(reported)
                 if client_address is None:
-                    raise InvalidArgument(FieldViolation(f"metadata.{END_USER_ADDRESS_KEY}", "must be an IPv4 or IPv6 address"))
+                    raise InvalidArgument(
+                        FieldViolation(f"metadata.{END_USER_ADDRESS_KEY}", "must be an IPv4 or IPv6 address")
+                    )
         elif key.role is Role.PUBLIC:
             client_address = peer_address(context.peer())
         principal = Principal(

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from avgate.kernel.principal import RegulatorScope, Role
 
-SECRET_PREFIX = "avgk"
+SECRET_PREFIX = "avgk"  # noqa: S105 - a public prefix, not a secret
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class GatewayHealthServicer(health_pb2_grpc.HealthServicer):
         status, _detail = await upstream.check(service if service != upstream.name else "")
         return status
 
-    async def Check(  # noqa: N802 (gRPC method name)
+    async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         status = await self.status_of(request.service)
@@ -51,7 +51,7 @@ class GatewayHealthServicer(health_pb2_grpc.HealthServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    async def Watch(  # noqa: N802 (gRPC method name)
+    async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last: int | None = -1

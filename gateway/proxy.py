@@ -30,7 +30,9 @@ class Proxy:
         handlers = []
         for upstream in self._upstreams:
             for service in upstream.descriptors:
-                methods = {m.name: self._handler(upstream, f"/{service.full_name}/{m.name}", m) for m in service.methods}
+                methods = {
+                    m.name: self._handler(upstream, f"/{service.full_name}/{m.name}", m) for m in service.methods
+                }
                 handlers.append(grpc.method_handlers_generic_handler(service.full_name, methods))
         return handlers
 
@@ -51,7 +53,9 @@ class Proxy:
 
             async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> Any:
                 timeout = context.time_remaining() or self._default_timeout
-                call = channel().unary_unary(method)(request, metadata=self._metadata(upstream, method), timeout=timeout)
+                call = channel().unary_unary(method)(
+                    request, metadata=self._metadata(upstream, method), timeout=timeout
+                )
                 try:
                     return await call
                 except grpc.aio.AioRpcError as exc:
@@ -88,7 +92,9 @@ class Proxy:
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
 
-        async def stream_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream_stream(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             call = channel().stream_stream(method)(
                 requests, metadata=self._metadata(upstream, method), timeout=context.time_remaining()
             )

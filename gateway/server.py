@@ -40,7 +40,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._keys = keys
         self._upstreams = upstreams
 
-    async def CreateApiKey(  # noqa: N802
+    async def CreateApiKey(
         self, request: gateway_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CreateApiKeyResponse:
         created = await self._keys.create(
@@ -53,7 +53,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 
-    async def ListApiKeys(  # noqa: N802
+    async def ListApiKeys(
         self, request: gateway_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListApiKeysResponse:
         keys, next_token = await self._keys.list(
@@ -67,13 +67,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             api_keys=[api_key_to_proto(k) for k in keys], page={"next_page_token": next_token}
         )
 
-    async def RevokeApiKey(  # noqa: N802
+    async def RevokeApiKey(
         self, request: gateway_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RevokeApiKeyResponse:
         key = await self._keys.revoke(current_principal(), key_id=request.key_id, reason=request.reason)
         return gateway_pb2.RevokeApiKeyResponse(api_key=api_key_to_proto(key))
 
-    async def RotateApiKey(  # noqa: N802
+    async def RotateApiKey(
         self, request: gateway_pb2.RotateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RotateApiKeyResponse:
         rotated = await self._keys.rotate(
@@ -87,7 +87,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             previous_secret_expire_time=convert.timestamp(rotated.previous_secret_expire_time),
         )
 
-    async def GetAggregateHealth(  # noqa: N802
+    async def GetAggregateHealth(
         self, request: gateway_pb2.GetAggregateHealthRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.GetAggregateHealthResponse:
         checks = await asyncio.gather(*(u.check() for u in self._upstreams))

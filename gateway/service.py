@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import re
 import time
@@ -22,8 +23,9 @@ from avgate.kernel.principal import Principal, RegulatorScope, Role
 from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
 from gateway.store import ApiKeyStore, Cursor
 
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
-REGION_CODE = re.compile(r"^\d{6}$")
+# Checked with fullmatch: `$` alone also accepts a trailing newline, and `\d` accepts any Unicode digit.
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+REGION_CODE = re.compile(r"[0-9]{6}")
 DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_security")
 MAX_TTL = timedelta(days=730)
 DEFAULT_GRACE = timedelta(hours=24)
@@ -88,7 +90,9 @@ class ApiKeyService:
         elif role is Role.SERVICE:
             check.add("role", "ROLE_SERVICE keys cannot be created; services sign their own tokens")
         if role is Role.PROVIDER:
-            check.require(bool(TENANT_ID.match(tenant_id)), "tenant_id", "required for provider keys: 2-63 of a-z, 0-9, '-'")
+            check.require(
+                bool(TENANT_ID.fullmatch(tenant_id)), "tenant_id", "required for provider keys: 2-63 of a-z, 0-9, '-'"
+            )
         elif tenant_id:
             check.add("tenant_id", "only provider keys belong to a tenant")
         if role is Role.REGULATOR:
@@ -96,8 +100,14 @@ class ApiKeyService:
                 check.add("regulator_scope.departments", "a regulator key needs at least one department")
             if regulator_scope is None or not regulator_scope.region_codes:
                 check.add("regulator_scope.region_codes", "a regulator key needs at least one region code")
+            for i, department in enumerate(regulator_scope.departments if regulator_scope else ()):
+                check.require(department in DEPARTMENTS, f"regulator_scope.departments[{i}]", "not a known department")
             for i, code in enumerate(regulator_scope.region_codes if regulator_scope else ()):
-                check.require(bool(REGION_CODE.match(code)), f"regulator_scope.region_codes[{i}]", "must be a 6-digit GB/T 2260 code")
+                check.require(
+                    bool(REGION_CODE.fullmatch(code)),
+                    f"regulator_scope.region_codes[{i}]",
+                    "must be a 6-digit GB/T 2260 code",
+                )
         elif regulator_scope is not None and (regulator_scope.departments or regulator_scope.region_codes):
             check.add("regulator_scope", "only regulator keys have a scope")
         if ttl is not None:
@@ -124,11 +134,11 @@ class ApiKeyService:
 
     async def list(
         self, caller: Principal, *, tenant_id: str, include_revoked: bool, page_size: int, page_token: str
-    ) -> tuple[list[ApiKey], str]:
+    ) -> tuple[builtins.list[ApiKey], str]:
         check = FieldChecker()
         check.require(0 <= page_size <= MAX_PAGE_SIZE, "page.page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
         if tenant_id:
-            check.require(bool(TENANT_ID.match(tenant_id)), "tenant_id", "2-63 of a-z, 0-9, '-'")
+            check.require(bool(TENANT_ID.fullmatch(tenant_id)), "tenant_id", "2-63 of a-z, 0-9, '-'")
         check.raise_if_any()
         after = decode_cursor(page_token) if page_token else None
         if caller.role is Role.OPERATOR:
@@ -141,7 +151,9 @@ class ApiKeyService:
             caller.require_role(Role.OPERATOR, Role.PROVIDER)
             raise AssertionError("unreachable")
         limit = page_size or DEFAULT_PAGE_SIZE
-        keys = await self._store.list(tenant_id=scope_tenant, include_revoked=include_revoked, after=after, limit=limit + 1)
+        keys = await self._store.list(
+            tenant_id=scope_tenant, include_revoked=include_revoked, after=after, limit=limit + 1
+        )
         next_token = encode_cursor(keys[limit - 1]) if len(keys) > limit else ""
         return keys[:limit], next_token
 
@@ -190,15 +202,16 @@ class ApiKeyService:
         await self._touch(stored, now)
         return stored.key
 
-    async def active_development_keys(self) -> list[ApiKey]:
+    async def active_development_keys(self) -> builtins.list[ApiKey]:
         return await self._store.active_development_keys(self._clock())
 
     async def _touch(self, stored: StoredApiKey, now: datetime) -> None:
-        last = self._last_touched.get(stored.key.key_id, 0.0)
-        if time.monotonic() - last < LAST_USED_RESOLUTION_SECONDS:
+        last = self._last_touched.get(stored.key.key_id)
+        if last is not None and time.monotonic() - last < LAST_USED_RESOLUTION_SECONDS:
             return
         self._last_touched[stored.key.key_id] = time.monotonic()
-        await self._store.save(stored.with_key(last_used_time=now))
+        # Only the last-use column: saving the whole record read above could undo a revoke or rotate made meanwhile.
+        await self._store.record_use(stored.key.key_id, now)
 
     async def _visible(self, caller: Principal, key_id: str) -> StoredApiKey:
         stored = await self._store.get(key_id)

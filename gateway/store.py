@@ -3,6 +3,7 @@ in-memory fake for unit tests (both pass one contract suite)."""
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,13 +24,17 @@ class ApiKeyStore(Protocol):
 
     async def list(
         self, *, tenant_id: str | None, include_revoked: bool, after: Cursor | None, limit: int
-    ) -> list[ApiKey]: ...
+    ) -> builtins.list[ApiKey]: ...
 
     async def save(self, stored: StoredApiKey) -> None:
         """Writes the mutable fields: revocation, secrets, last use."""
         ...
 
-    async def active_development_keys(self, now: datetime) -> list[ApiKey]: ...
+    async def record_use(self, key_id: str, when: datetime) -> None:
+        """Writes last use alone, so it cannot undo a concurrent revoke or rotate."""
+        ...
+
+    async def active_development_keys(self, now: datetime) -> builtins.list[ApiKey]: ...
 
 
 def _sort_key(key: ApiKey) -> Cursor:
@@ -50,7 +55,7 @@ class InMemoryApiKeyStore:
 
     async def list(
         self, *, tenant_id: str | None, include_revoked: bool, after: Cursor | None, limit: int
-    ) -> list[ApiKey]:
+    ) -> builtins.list[ApiKey]:
         keys = sorted((s.key for s in self._rows.values()), key=_sort_key)
         return [
             k
@@ -63,7 +68,12 @@ class InMemoryApiKeyStore:
     async def save(self, stored: StoredApiKey) -> None:
         self._rows[stored.key.key_id] = stored
 
-    async def active_development_keys(self, now: datetime) -> list[ApiKey]:
+    async def record_use(self, key_id: str, when: datetime) -> None:
+        stored = self._rows.get(key_id)
+        if stored is not None:
+            self._rows[key_id] = stored.with_key(last_used_time=when)
+
+    async def active_development_keys(self, now: datetime) -> builtins.list[ApiKey]:
         return [s.key for s in self._rows.values() if s.key.development and s.key.is_active(now)]
 
 
@@ -82,7 +92,7 @@ class SqlApiKeyStore:
 
     async def list(
         self, *, tenant_id: str | None, include_revoked: bool, after: Cursor | None, limit: int
-    ) -> list[ApiKey]:
+    ) -> builtins.list[ApiKey]:
         query = select(api_keys).order_by(api_keys.c.create_time, api_keys.c.key_id).limit(limit)
         if tenant_id is not None:
             query = query.where(api_keys.c.tenant_id == tenant_id)
@@ -115,7 +125,11 @@ class SqlApiKeyStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(api_keys).where(api_keys.c.key_id == stored.key.key_id).values(**mutable))
 
-    async def active_development_keys(self, now: datetime) -> list[ApiKey]:
+    async def record_use(self, key_id: str, when: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(api_keys).where(api_keys.c.key_id == key_id).values(last_used_time=when))
+
+    async def active_development_keys(self, now: datetime) -> builtins.list[ApiKey]:
         query = select(api_keys).where(
             api_keys.c.development.is_(True),
             api_keys.c.revoke_time.is_(None),
@@ -173,4 +187,3 @@ def _from_row(row: Any) -> StoredApiKey:
         previous_secret_hash=bytes(row["previous_secret_hash"]) if row["previous_secret_hash"] else None,
         previous_secret_expire_time=row["previous_secret_expire_time"],
     )
-

@@ -23,7 +23,9 @@ PROTOS = ROOT / "protos"
 def main() -> int:
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "avgate").rglob("*.proto"))
     for stale in (ROOT / "avgate").glob("*/v1"):
-        if stale.is_dir() and all(p.name.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")) or p.name == "__pycache__" for p in stale.iterdir()):
+        if stale.is_dir() and all(
+            p.name.endswith(("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")) or p.name == "__pycache__" for p in stale.iterdir()
+        ):
             shutil.rmtree(stale)
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
     args = [

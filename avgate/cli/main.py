@@ -1,8 +1,8 @@
 """`avgate`: the operator's command line.
 
-  avgate run                      the whole local stack (embedded defaults)
-  avgate db bootstrap|migrate|check
-  avgate keys create|list|revoke|rotate   (through the gateway's RPCs)
+avgate run                      the whole local stack (embedded defaults)
+avgate db bootstrap|migrate|check
+avgate keys create|list|revoke|rotate   (through the gateway's RPCs)
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         if args.keys_command == "create":
             request = gateway_pb2.CreateApiKeyRequest(
-                display_name=args.name, role=ROLE_NAMES[args.role], tenant_id=args.tenant or ""  # type: ignore[arg-type]
+                display_name=args.name,
+                role=ROLE_NAMES[args.role],  # type: ignore[arg-type]
+                tenant_id=args.tenant or "",
             )
             if args.department or args.region:
                 request.regulator_scope.departments.extend(DEPARTMENT_NAMES[d] for d in args.department)  # type: ignore[misc]
@@ -93,10 +95,10 @@ async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
                 gateway_pb2.RevokeApiKeyRequest(key_id=args.key_id, reason=args.reason), metadata=metadata, timeout=10
             )
         else:
-            request = gateway_pb2.RotateApiKeyRequest(key_id=args.key_id)
+            rotate = gateway_pb2.RotateApiKeyRequest(key_id=args.key_id)
             if args.grace_hours is not None:
-                request.grace_period.CopyFrom(duration_pb2.Duration(seconds=int(args.grace_hours * 3600)))
-            reply = await stub.RotateApiKey(request, metadata=metadata, timeout=10)
+                rotate.grace_period.CopyFrom(duration_pb2.Duration(seconds=int(args.grace_hours * 3600)))
+            reply = await stub.RotateApiKey(rotate, metadata=metadata, timeout=10)
     return json_format.MessageToDict(reply)
 
 

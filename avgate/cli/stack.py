@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avgate.kernel import migrations
 from avgate.kernel.db import SCHEMA_OWNERS, bootstrap_database, create_database, create_engine_for, role_url
+from avgate.kernel.errors import Unauthenticated
 from avgate.kernel.keys import generate_key_pair
 from avgate.kernel.principal import Principal, RegulatorScope, Role
 from gateway.service import ApiKeyService
@@ -102,8 +103,8 @@ class LocalStack:
                             await service.authenticate(secret)
                             result[role.value] = secret
                             continue
-                        except Exception:  # noqa: BLE001 - stale key: make a new one
-                            pass
+                        except Unauthenticated:
+                            pass  # revoked or from another database: make a new one
                     created = await service.create(
                         operator,
                         display_name=f"development {role.value} key",

@@ -16,7 +16,7 @@ _ROLE_TO_PROTO = {
     Role.OPERATOR: common_pb2.ROLE_OPERATOR,
     Role.SERVICE: common_pb2.ROLE_SERVICE,
 }
-_ROLE_FROM_PROTO = {v: k for k, v in _ROLE_TO_PROTO.items()}
+_ROLE_FROM_PROTO: dict[int, Role] = {v: k for k, v in _ROLE_TO_PROTO.items()}
 
 _DEPARTMENT_TO_PROTO = {
     "cyberspace": common_pb2.DEPARTMENT_CYBERSPACE,
@@ -24,7 +24,7 @@ _DEPARTMENT_TO_PROTO = {
     "radio_television": common_pb2.DEPARTMENT_RADIO_TELEVISION,
     "public_security": common_pb2.DEPARTMENT_PUBLIC_SECURITY,
 }
-_DEPARTMENT_FROM_PROTO = {v: k for k, v in _DEPARTMENT_TO_PROTO.items()}
+_DEPARTMENT_FROM_PROTO: dict[int, str] = {v: k for k, v in _DEPARTMENT_TO_PROTO.items()}
 
 
 def role_from_proto(value: int) -> Role | None:

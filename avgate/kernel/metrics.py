@@ -13,7 +13,10 @@ class GrpcMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
         self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", ["grpc_service", "grpc_method"], registry=registry
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            ["grpc_service", "grpc_method"],
+            registry=registry,
         )
         self.handled = Counter(
             "grpc_server_handled_total",

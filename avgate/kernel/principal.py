@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from avgate.kernel.errors import InvalidPrincipalToken, PermissionDenied
 from avgate.kernel.keys import SigningKey
 
-TOKEN_METADATA_KEY = "x-avgate-principal"
+TOKEN_METADATA_KEY = "x-avgate-principal"  # noqa: S105 - a metadata key name
 GATEWAY_ISSUER = "gateway"
 _CLOCK_SKEW_SECONDS = 5
 

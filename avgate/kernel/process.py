@@ -23,6 +23,7 @@ def server_options(settings: ProcessSettings) -> ServerOptions:
     return ServerOptions(
         host=settings.grpc_host,
         port=settings.grpc_port,
+        metrics_host=settings.grpc_host,
         metrics_port=settings.metrics_port,
         max_message_bytes=settings.max_message_bytes,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,

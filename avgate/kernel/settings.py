@@ -28,7 +28,9 @@ class ProductionProfileError(RuntimeError):
     def __init__(self, process: str, problems: list[str]):
         self.problems = problems
         listed = "\n  - ".join(problems)
-        super().__init__(f"{process} refuses to start with AVGATE_ENV=production while local stand-ins are configured:\n  - {listed}")
+        super().__init__(
+            f"{process} refuses to start with AVGATE_ENV=production while local stand-ins are configured:\n  - {listed}"
+        )
 
 
 def shared(env: str, default: object, **kwargs: object) -> object:

@@ -39,9 +39,7 @@ def upgrade() -> None:
         sa.CheckConstraint("(role = 'provider') = (tenant_id is not null)", name="api_keys_tenant_iff_provider"),
         schema="gateway",
     )
-    op.create_index(
-        "api_keys_tenant_created", "api_keys", ["tenant_id", "create_time", "key_id"], schema="gateway"
-    )
+    op.create_index("api_keys_tenant_created", "api_keys", ["tenant_id", "create_time", "key_id"], schema="gateway")
 
 
 def downgrade() -> None:

@@ -6,9 +6,9 @@ principal verification as a real servicer.
 
 from __future__ import annotations
 
-from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from avgate.kernel.grpc.server import ServiceRegistration
 from avgate.kernel.grpc.unimplemented import unimplemented_registrations
+from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 
 
 def registrations() -> list[ServiceRegistration]:

@@ -43,12 +43,17 @@ class TestAcceptedTokens:
 
     def test_regulator_scope_survives_the_round_trip(self, gateway_key: SigningKey, verifier: TokenVerifier) -> None:
         regulator = Principal(
-            role=Role.REGULATOR, subject="ak2", regulator_scope=RegulatorScope(("cyberspace",), ("110000",)), request_id="r"
+            role=Role.REGULATOR,
+            subject="ak2",
+            regulator_scope=RegulatorScope(("cyberspace",), ("110000",)),
+            request_id="r",
         )
         token = TokenSigner(gateway_key).sign(regulator, audience="identity", method=METHOD)
         assert verifier.verify(token, method=METHOD).regulator_scope == RegulatorScope(("cyberspace",), ("110000",))
 
-    def test_service_token_nests_the_original_principal(self, screening_key: SigningKey, verifier: TokenVerifier) -> None:
+    def test_service_token_nests_the_original_principal(
+        self, screening_key: SigningKey, verifier: TokenVerifier
+    ) -> None:
         token = TokenSigner(screening_key).sign_as_service(PROVIDER, audience="identity", method=METHOD)
         principal = verifier.verify(token, method=METHOD)
         assert (principal.role, principal.subject) == (Role.SERVICE, "screening")
@@ -83,7 +88,7 @@ class TestRefusedTokens:
 
     def test_tampered_payload(self, gateway_key: SigningKey, verifier: TokenVerifier) -> None:
         token = TokenSigner(gateway_key).sign(PROVIDER, audience="identity", method=METHOD)
-        header, payload, signature = token.split(".")
+        header, _payload, signature = token.split(".")
         claims = jwt.decode(token, options={"verify_signature": False})
         claims["prn"]["role"] = "operator"
         forged_payload = jwt.encode(claims, "x", algorithm="HS256").split(".")[1]
@@ -116,19 +121,25 @@ class TestRefusedTokens:
         with pytest.raises(InvalidPrincipalToken, match="expired"):
             verifier.verify(token, method=METHOD)
 
-    def test_service_cannot_speak_as_an_outside_caller(self, screening_key: SigningKey, verifier: TokenVerifier) -> None:
+    def test_service_cannot_speak_as_an_outside_caller(
+        self, screening_key: SigningKey, verifier: TokenVerifier
+    ) -> None:
         token = TokenSigner(screening_key).sign(PROVIDER, audience="identity", method=METHOD)
         with pytest.raises(InvalidPrincipalToken, match="must name its issuer"):
             verifier.verify(token, method=METHOD)
 
-    def test_service_cannot_impersonate_another_service(self, screening_key: SigningKey, verifier: TokenVerifier) -> None:
+    def test_service_cannot_impersonate_another_service(
+        self, screening_key: SigningKey, verifier: TokenVerifier
+    ) -> None:
         other = Principal(role=Role.SERVICE, subject="reporting", origin=PROVIDER)
         token = TokenSigner(screening_key).sign(other, audience="identity", method=METHOD)
         with pytest.raises(InvalidPrincipalToken, match="must name its issuer"):
             verifier.verify(token, method=METHOD)
 
     def test_gateway_cannot_mint_service_principals(self, gateway_key: SigningKey, verifier: TokenVerifier) -> None:
-        token = TokenSigner(gateway_key).sign(Principal(role=Role.SERVICE, subject="gateway"), audience="identity", method=METHOD)
+        token = TokenSigner(gateway_key).sign(
+            Principal(role=Role.SERVICE, subject="gateway"), audience="identity", method=METHOD
+        )
         with pytest.raises(InvalidPrincipalToken, match="does not issue service"):
             verifier.verify(token, method=METHOD)
 

@@ -52,7 +52,9 @@ class PrincipalInterceptor(ScopedInterceptor):
             unbind_principal(bound)
 
 
-def service_call_metadata(signer: TokenSigner, origin: Principal, *, audience: str, method: str) -> list[tuple[str, str]]:
+def service_call_metadata(
+    signer: TokenSigner, origin: Principal, *, audience: str, method: str
+) -> list[tuple[str, str]]:
     """Metadata for a call from this service to another, acting for `origin`."""
     token = signer.sign_as_service(origin, audience=audience, method=method)
     return [(TOKEN_METADATA_KEY, token), *outgoing_trace_metadata()]

@@ -41,7 +41,7 @@ class ServiceRegistration:
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 0
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = -1
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int | None = 2000

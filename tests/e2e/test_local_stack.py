@@ -1,0 +1,164 @@
+"""`avgate run` as a user runs it: the whole stack as separate processes,
+checked through the gateway with real credentials and real tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
+from tests.conftest import REPO, Database, free_port
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = {
+    "identity": "avgate.identity.v1.IdentityService",
+    "screening": "avgate.screening.v1.ScreeningService",
+    "reporting": "avgate.reporting.v1.IncidentService",
+    "complaints": "avgate.complaints.v1.ComplaintsService",
+}
+GRPCURL = REPO / ".tools" / "bin" / "grpcurl"
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    state_dir: pathlib.Path
+    description: dict  # type: ignore[type-arg]
+
+    @property
+    def gateway(self) -> str:
+        return str(self.description["gateway"])
+
+
+@pytest.fixture(scope="module")
+def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    base = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    env["DATABASE_URL"] = database.admin_url
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "avgate.cli.main",
+            "run",
+            "--state-dir",
+            str(state_dir),
+            "--gateway-port",
+            str(free_port()),
+            "--service-port-base",
+            str(base),
+            "--metrics-port-base",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    described = state_dir / "stack.json"
+    deadline = time.monotonic() + 90
+    while not described.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            output = process.stdout.read().decode() if process.stdout else ""
+            pytest.fail(f"avgate run did not come up:\n{output}")
+        time.sleep(0.2)
+    stack = RunningStack(process, state_dir, json.loads(described.read_text()))
+    try:
+        yield stack
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=40)
+
+
+def health(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        return int(
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status
+        )
+
+
+class TestLocalStack:
+    def test_every_service_is_serving_through_the_gateway(self, running: RunningStack) -> None:
+        for full_name in SERVICES.values():
+            assert health(running.gateway, full_name) == health_pb2.HealthCheckResponse.SERVING, full_name
+
+    def test_grpcurl_lists_every_service_by_reflection(self, running: RunningStack) -> None:
+        listed = subprocess.run(
+            [str(GRPCURL), "-plaintext", running.gateway, "list"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=20,
+        ).stdout.split()
+        expected = {*SERVICES.values(), "avgate.gateway.v1.GatewayService", "avgate.reporting.v1.AuditLedgerService"}
+        assert expected <= set(listed)
+
+    def test_grpcurl_call_with_the_development_key_reaches_the_service(self, running: RunningStack) -> None:
+        key = running.description["development_api_keys"]["provider"]
+        result = subprocess.run(
+            [
+                str(GRPCURL),
+                "-plaintext",
+                "-H",
+                f"authorization: Bearer {key}",
+                "-d",
+                "{}",
+                running.gateway,
+                "avgate.identity.v1.IdentityService/CheckEligibility",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert "Unimplemented" in result.stderr + result.stdout
+
+    def test_call_without_the_development_key_is_refused(self, running: RunningStack) -> None:
+        with grpc.insecure_channel(running.gateway) as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CheckEligibility(identity_pb2.CheckEligibilityRequest(), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+    def test_metrics_are_exposed_by_every_process(self, running: RunningStack) -> None:
+        import urllib.request
+
+        health(running.gateway, SERVICES["identity"])
+        for name, info in running.description["processes"].items():
+            with urllib.request.urlopen(info["metrics"], timeout=5) as response:
+                body = response.read().decode()
+            assert "grpc_server_handled_total" in body or "python_info" in body, name
+        with urllib.request.urlopen(running.description["processes"]["gateway"]["metrics"], timeout=5) as response:
+            assert 'grpc_method="Check"' in response.read().decode()
+
+    def test_a_stopped_service_turns_not_serving_and_the_rest_keep_serving(self, running: RunningStack) -> None:
+        pid = running.description["processes"]["identity"]["pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while health(running.gateway, SERVICES["identity"]) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "identity still reported SERVING"
+            time.sleep(0.2)
+        assert health(running.gateway, SERVICES["screening"]) == health_pb2.HealthCheckResponse.SERVING
+        assert health(running.gateway, "") == health_pb2.HealthCheckResponse.SERVING
+
+    def test_ctrl_c_stops_every_process(self, running: RunningStack) -> None:
+        pids = [info["pid"] for info in running.description["processes"].values()]
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(timeout=40) == 0
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
