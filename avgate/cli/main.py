@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import duration_pb2, json_format
+from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
 from grpc_status import rpc_status
 
 from avgate.kernel import migrations

@@ -145,6 +145,38 @@ class TestLocalStack:
         with urllib.request.urlopen(running.description["processes"]["gateway"]["metrics"], timeout=5) as response:
             assert 'grpc_method="Check"' in response.read().decode()
 
+    def test_one_development_key_per_role_is_printed(self, running: RunningStack) -> None:
+        keys = running.description["development_api_keys"]
+        assert set(keys) == {"provider", "regulator", "public", "operator"}
+        assert all(secret.startswith("avgk_") for secret in keys.values())
+
+    def test_operator_manages_keys_with_the_command_line(self, running: RunningStack) -> None:
+        def avgate(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "AVGATE_API_KEY": running.description["development_api_keys"]["operator"]}
+            return subprocess.run(
+                [sys.executable, "-m", "avgate.cli.main", "keys", "--target", running.gateway, *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        created = avgate("create", "--name", "cli key", "--role", "provider", "--tenant", "cli-tenant")
+        assert created.returncode == 0, created.stderr
+        key = json.loads(created.stdout)
+        assert key["apiKey"]["tenantId"] == "cli-tenant" and key["secret"].startswith("avgk_")
+        listed = json.loads(avgate("list", "--tenant", "cli-tenant").stdout)
+        assert [k["keyId"] for k in listed["apiKeys"]] == [key["apiKey"]["keyId"]]
+        revoked = avgate("revoke", key["apiKey"]["keyId"], "--reason", "test")
+        assert revoked.returncode == 0 and "revokeTime" in json.loads(revoked.stdout)["apiKey"]
+        assert json.loads(avgate("list", "--tenant", "cli-tenant").stdout).get("apiKeys", []) == []
+        refused = avgate("create", "--name", "", "--role", "provider")
+        assert refused.returncode == 1
+        error = json.loads(refused.stderr)["error"]
+        assert error["code"] == "INVALID_ARGUMENT"
+        violations = next(d for d in error["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
+        assert {v["field"] for v in violations} == {"display_name", "tenant_id"}
+
     def test_a_stopped_service_turns_not_serving_and_the_rest_keep_serving(self, running: RunningStack) -> None:
         pid = running.description["processes"]["identity"]["pid"]
         os.kill(pid, signal.SIGTERM)
