@@ -26,7 +26,7 @@ async def compose(settings: GatewaySettings) -> GrpcProcess:
     if not url:
         sys.exit("gateway: set GATEWAY_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
     engine = create_engine_for(url)
-    keys = ApiKeyService(SqlApiKeyStore(engine))
+    keys = ApiKeyService(SqlApiKeyStore(engine), cache_seconds=settings.key_cache_seconds)
     if settings.env is Environment.PRODUCTION:
         development = await keys.active_development_keys()
         if development:

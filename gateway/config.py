@@ -21,6 +21,9 @@ class GatewaySettings(ProcessSettings):
     complaints_target: str = "127.0.0.1:50064"
     # Deadline given to a unary call whose caller set none (Envoy's route default).
     default_timeout_seconds: float = 15.0
+    # How long an authenticated key record is reused before it is read again. A revoke or
+    # rotate through this gateway applies at once; through another replica, within this time.
+    key_cache_seconds: float = 5.0
     # Development API keys (one per role) are a local stand-in.
     dev_api_keys: bool = True
 

@@ -34,6 +34,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 # Writing last-use on every call would turn each call into a write; once a minute is enough.
 LAST_USED_RESOLUTION_SECONDS = 60.0
+MAX_CACHED_KEYS = 100_000
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,15 @@ def decode_cursor(token: str) -> Cursor:
 
 
 class ApiKeyService:
-    def __init__(self, store: ApiKeyStore, clock: Callable[[], datetime] = _now):
+    def __init__(self, store: ApiKeyStore, clock: Callable[[], datetime] = _now, cache_seconds: float = 0.0):
         self._store = store
         self._clock = clock
         self._last_touched: dict[str, float] = {}
+        # Key records read for authentication, reused for cache_seconds so a call does not
+        # cost a database round trip. Revoking or rotating here evicts at once; another
+        # gateway replica sees the change within cache_seconds.
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, StoredApiKey | None]] = {}
 
     async def create(
         self,
@@ -167,6 +173,7 @@ class ApiKeyService:
             return stored.key  # revoking twice changes nothing
         updated = stored.with_key(revoke_time=self._clock(), revoke_reason=reason.strip())
         await self._store.save(updated)
+        self._cache.pop(key_id, None)
         return updated.key
 
     async def rotate(self, caller: Principal, *, key_id: str, grace: timedelta | None) -> RotatedKey:
@@ -188,6 +195,7 @@ class ApiKeyService:
             previous_secret_expire_time=previous_expire,
         )
         await self._store.save(rotated)
+        self._cache.pop(key_id, None)
         return RotatedKey(stored.key, secret, previous_expire)
 
     async def authenticate(self, secret: str | None) -> ApiKey:
@@ -195,12 +203,24 @@ class ApiKeyService:
         key_id = key_id_of(secret or "")
         if key_id is None:
             raise Unauthenticated("missing or malformed API key; send 'authorization: Bearer <key>'")
-        stored = await self._store.get(key_id)
+        stored = await self._cached_get(key_id)
         now = self._clock()
         if stored is None or not stored.accepts(secret or "", now) or not stored.key.is_active(now):
             raise Unauthenticated("API key is unknown, revoked or expired")
         await self._touch(stored, now)
         return stored.key
+
+    async def _cached_get(self, key_id: str) -> StoredApiKey | None:
+        if self._cache_seconds <= 0:
+            return await self._store.get(key_id)
+        hit = self._cache.get(key_id)
+        if hit is not None and time.monotonic() - hit[0] < self._cache_seconds:
+            return hit[1]
+        stored = await self._store.get(key_id)
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            self._cache.clear()  # unknown ids probed at random must not grow memory without bound
+        self._cache[key_id] = (time.monotonic(), stored)
+        return stored
 
     async def active_development_keys(self) -> builtins.list[ApiKey]:
         return await self._store.active_development_keys(self._clock())

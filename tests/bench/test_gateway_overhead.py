@@ -75,10 +75,10 @@ async def test_gateway_pass_through_overhead(running: RunningStack) -> None:  # 
     gateway_rate, gateway_lat = await _load(running.gateway, gateway_metadata)
     print(
         f"\nunary call, {CALLS} calls, {CONCURRENCY} in flight\n"
-        f"  direct to identity : {direct_rate:8.0f} calls/s  p50 {_pct(direct_lat, .5):6.2f} ms"
-        f"  p99 {_pct(direct_lat, .99):6.2f} ms\n"
-        f"  through the gateway: {gateway_rate:8.0f} calls/s  p50 {_pct(gateway_lat, .5):6.2f} ms"
-        f"  p99 {_pct(gateway_lat, .99):6.2f} ms\n"
+        f"  direct to identity : {direct_rate:8.0f} calls/s  p50 {_pct(direct_lat, 0.5):6.2f} ms"
+        f"  p99 {_pct(direct_lat, 0.99):6.2f} ms\n"
+        f"  through the gateway: {gateway_rate:8.0f} calls/s  p50 {_pct(gateway_lat, 0.5):6.2f} ms"
+        f"  p99 {_pct(gateway_lat, 0.99):6.2f} ms\n"
         f"  gateway/direct throughput ratio: {gateway_rate / direct_rate:.2f}"
         f"  (median latency x{statistics.median(gateway_lat) / statistics.median(direct_lat):.2f})"
     )
