@@ -9,7 +9,6 @@ end user's client address: what a provider reports in
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +17,11 @@ import grpc
 
 from avgate.kernel.errors import FieldViolation, InvalidArgument
 from avgate.kernel.grpc.auth import OPEN_METHOD_PREFIXES, metadata_value
+from avgate.kernel.grpc.errors import REQUEST_ID
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import Principal, Role, bind_principal, normalise_client_address, unbind_principal
 from gateway.service import ApiKeyService
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 END_USER_ADDRESS_KEY = "x-avgate-end-user-address"
 
 
@@ -55,7 +54,7 @@ class ApiKeyInterceptor(ScopedInterceptor):
         metadata = context.invocation_metadata()
         key = await self._keys.authenticate(presented_secret(metadata))
         offered_id = metadata_value(metadata, "x-request-id")
-        request_id = offered_id if offered_id and REQUEST_ID.match(offered_id) else uuid.uuid4().hex
+        request_id = offered_id if offered_id and REQUEST_ID.fullmatch(offered_id) else uuid.uuid4().hex
         client_address = None
         if key.role is Role.PROVIDER:
             reported = metadata_value(metadata, END_USER_ADDRESS_KEY)

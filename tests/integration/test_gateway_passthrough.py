@@ -137,12 +137,15 @@ class TestFrontDoor:
         before = await stub.ListApiKeys(gateway_pb2.ListApiKeysRequest(include_revoked=True), metadata=operator)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.CreateApiKey(
-                gateway_pb2.CreateApiKeyRequest(display_name="", role=1, tenant_id="Not A Tenant!"), metadata=operator
+                gateway_pb2.CreateApiKeyRequest(display_name="", role=1, tenant_id="Not A Tenant!"),
+                metadata=(*operator, ("x-request-id", "req-bad-1")),
             )
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert _reason(refused.value) == "ERROR_REASON_INVALID_ARGUMENT"
         (bad_request,) = _unpack(refused.value, error_details_pb2.BadRequest)
         assert {v.field for v in bad_request.field_violations} == {"display_name", "tenant_id"}
+        (request_info,) = _unpack(refused.value, error_details_pb2.RequestInfo)
+        assert request_info.request_id == "req-bad-1"
         after = await stub.ListApiKeys(gateway_pb2.ListApiKeysRequest(include_revoked=True), metadata=operator)
         assert len(after.api_keys) == len(before.api_keys)
 

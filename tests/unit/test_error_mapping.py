@@ -233,10 +233,14 @@ class TestInternalErrors:
 class AbortingContext:
     """Records what the interceptor aborts with, and aborts as grpc.aio does."""
 
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.code: grpc.StatusCode | None = None
         self.details = ""
         self.trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
@@ -252,8 +256,8 @@ class AbortingContext:
 
 @pytest.mark.usefixtures("no_principal")
 class TestTheInterceptor:
-    async def raise_through(self, error: BaseException) -> AbortingContext:
-        context = AbortingContext()
+    async def raise_through(self, error: BaseException, metadata: tuple[tuple[str, str], ...] = ()) -> AbortingContext:
+        context = AbortingContext(metadata)
         with pytest.raises(grpc.aio.AbortError):
             async with ErrorMappingInterceptor().scope("/avgate.test.v1.Test/Call", context):  # type: ignore[arg-type]
                 raise error
@@ -264,6 +268,21 @@ class TestTheInterceptor:
 
         assert context.code is grpc.StatusCode.NOT_FOUND
         assert context.rich_status() == status_for(errors.NotFound("api_key", "ak1"))
+
+    @pytest.mark.parametrize(
+        ("offered", "expected"),
+        [("req-9", "req-9"), ("not a valid id!", None)],
+        ids=["well-formed", "malformed-ignored"],
+    )
+    async def test_names_the_calls_request_id(self, offered: str, expected: str | None) -> None:
+        context = await self.raise_through(errors.NotFound("api_key", "ak1"), (("x-request-id", offered),))
+        infos = [d for d in context.rich_status().details if d.Is(error_details_pb2.RequestInfo.DESCRIPTOR)]
+        if expected is None:
+            assert infos == []
+        else:
+            info = error_details_pb2.RequestInfo()
+            infos[0].Unpack(info)
+            assert info.request_id == expected
 
     async def test_hides_an_unexpected_exception(self, caplog: pytest.LogCaptureFixture) -> None:
         context = await self.raise_through(RuntimeError("password=hunter2 in /srv/db.conf"))

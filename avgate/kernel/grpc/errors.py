@@ -10,6 +10,7 @@ with the trace id; the stack trace goes to the log, never to the caller.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,10 +21,13 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from avgate.kernel import errors
+from avgate.kernel.grpc.auth import metadata_value
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import _current as _current_principal
 
 log = logging.getLogger(__name__)
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 ERROR_DOMAIN = "avgate"
 
@@ -51,8 +55,13 @@ def _retry_delay(seconds: float) -> duration_pb2.Duration:
     return delay
 
 
-def status_for(error: errors.DomainError) -> status_pb2.Status:
-    """The google.rpc.Status a domain error maps to."""
+def status_for(error: errors.DomainError, request_id: str | None = None) -> status_pb2.Status:
+    """The google.rpc.Status a domain error maps to.
+
+    request_id defaults to the bound principal's; the interceptor passes the
+    one the call carried, since the principal is unbound by the time an
+    error reaches it.
+    """
     code = next((c for cls, c in _CODES if isinstance(error, cls)), code_pb2.FAILED_PRECONDITION)
     details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))]
     if isinstance(error, errors.InvalidArgument):
@@ -79,8 +88,9 @@ def status_for(error: errors.DomainError) -> status_pb2.Status:
     if isinstance(error, (errors.ResourceExhausted, errors.DependencyUnavailable)):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error.retry_after_seconds))))
     principal = _current_principal.get()
-    if principal is not None and principal.request_id:
-        details.append(_pack(error_details_pb2.RequestInfo(request_id=principal.request_id)))
+    request_id = request_id or (principal.request_id if principal is not None else None)
+    if request_id:
+        details.append(_pack(error_details_pb2.RequestInfo(request_id=request_id)))
     return status_pb2.Status(code=code, message=error.message, details=details)
 
 
@@ -110,7 +120,9 @@ class ErrorMappingInterceptor(ScopedInterceptor):
         except grpc.aio.AbortError:
             raise
         except errors.DomainError as exc:
-            await abort_with(context, status_for(exc))
+            offered = metadata_value(context.invocation_metadata(), "x-request-id")
+            request_id = offered if offered and REQUEST_ID.fullmatch(offered) else None
+            await abort_with(context, status_for(exc, request_id))
         except NotImplementedError:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
         except Exception:
