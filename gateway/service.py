@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from avgate.kernel.principal import Principal, RegulatorScope, Role
+from avgate.ledger.entry import LedgerEntry, contains_personal_data
 from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
 from gateway.store import ApiKeyStore, Cursor
 
@@ -48,6 +49,10 @@ class RotatedKey:
     key: ApiKey
     secret: str
     previous_secret_expire_time: datetime
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _now() -> datetime:
@@ -135,7 +140,13 @@ class ApiKeyService:
             expire_time=now + ttl if ttl is not None else None,
             development=development,
         )
-        await self._store.add(StoredApiKey(key=key, secret_hash=hash_secret(secret)))
+        audit = self._audit(
+            caller,
+            "api_key.create",
+            key,
+            data={"role": role.value, "development": development, "expire_time": _iso(key.expire_time)},
+        )
+        await self._store.add(StoredApiKey(key=key, secret_hash=hash_secret(secret)), audit)
         return CreatedKey(key, secret)
 
     async def list(
@@ -167,12 +178,15 @@ class ApiKeyService:
         check = FieldChecker()
         check.require(bool(key_id), "key_id", "must be set")
         check.require(1 <= len(reason.strip()) <= 500, "reason", "must be 1 to 500 characters")
+        check.require(
+            not contains_personal_data(reason), "reason", "must not hold an ID or mobile number (it goes to the ledger)"
+        )
         check.raise_if_any()
         stored = await self._visible(caller, key_id)
         if stored.key.revoke_time is not None:
             return stored.key  # revoking twice changes nothing
         updated = stored.with_key(revoke_time=self._clock(), revoke_reason=reason.strip())
-        await self._store.save(updated)
+        await self._store.save(updated, self._audit(caller, "api_key.revoke", updated.key, reason=reason.strip()))
         self._cache.pop(key_id, None)
         return updated.key
 
@@ -194,7 +208,10 @@ class ApiKeyService:
             previous_secret_hash=stored.secret_hash,
             previous_secret_expire_time=previous_expire,
         )
-        await self._store.save(rotated)
+        audit = self._audit(
+            caller, "api_key.rotate", stored.key, data={"previous_secret_expire_time": _iso(previous_expire)}
+        )
+        await self._store.save(rotated, audit)
         self._cache.pop(key_id, None)
         return RotatedKey(stored.key, secret, previous_expire)
 
@@ -209,6 +226,20 @@ class ApiKeyService:
             raise Unauthenticated("API key is unknown, revoked or expired")
         await self._touch(stored, now)
         return stored.key
+
+    @staticmethod
+    def _audit(
+        caller: Principal, action: str, key: ApiKey, *, reason: str = "", data: dict[str, object] | None = None
+    ) -> LedgerEntry:
+        return LedgerEntry(
+            action=action,
+            subject_type="api_key",
+            subject_id=key.key_id,
+            actor=caller,
+            tenant_id=key.tenant_id,
+            reason=reason,
+            data=data or {},
+        )
 
     async def _cached_get(self, key_id: str) -> StoredApiKey | None:
         if self._cache_seconds <= 0:

@@ -11,6 +11,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.kernel.principal import RegulatorScope, Role
+from avgate.ledger.append import append as ledger_append
+from avgate.ledger.entry import LedgerEntry, canonical_bytes
 from gateway.domain import ApiKey, StoredApiKey
 from gateway.models import api_keys
 
@@ -18,7 +20,9 @@ Cursor = tuple[datetime, str]
 
 
 class ApiKeyStore(Protocol):
-    async def add(self, stored: StoredApiKey) -> None: ...
+    """Every change is written together with its audit-ledger entry, or not at all."""
+
+    async def add(self, stored: StoredApiKey, audit: LedgerEntry) -> None: ...
 
     async def get(self, key_id: str) -> StoredApiKey | None: ...
 
@@ -26,8 +30,8 @@ class ApiKeyStore(Protocol):
         self, *, tenant_id: str | None, include_revoked: bool, after: Cursor | None, limit: int
     ) -> builtins.list[ApiKey]: ...
 
-    async def save(self, stored: StoredApiKey) -> None:
-        """Writes the mutable fields: revocation, secrets, last use."""
+    async def save(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
+        """Writes the fields a revoke or rotate changes (last use has record_use)."""
         ...
 
     async def record_use(self, key_id: str, when: datetime) -> None:
@@ -44,11 +48,14 @@ def _sort_key(key: ApiKey) -> Cursor:
 class InMemoryApiKeyStore:
     def __init__(self) -> None:
         self._rows: dict[str, StoredApiKey] = {}
+        self.ledger: builtins.list[LedgerEntry] = []
 
-    async def add(self, stored: StoredApiKey) -> None:
+    async def add(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
         if stored.key.key_id in self._rows:
             raise KeyError(stored.key.key_id)
+        canonical_bytes(audit)  # refuses what the real ledger would refuse
         self._rows[stored.key.key_id] = stored
+        self.ledger.append(audit)
 
     async def get(self, key_id: str) -> StoredApiKey | None:
         return self._rows.get(key_id)
@@ -65,8 +72,13 @@ class InMemoryApiKeyStore:
             and (after is None or _sort_key(k) > after)
         ][:limit]
 
-    async def save(self, stored: StoredApiKey) -> None:
+    async def save(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
+        canonical_bytes(audit)
+        existing = self._rows.get(stored.key.key_id)
+        if existing is not None:  # last use is record_use's alone
+            stored = stored.with_key(last_used_time=existing.key.last_used_time)
         self._rows[stored.key.key_id] = stored
+        self.ledger.append(audit)
 
     async def record_use(self, key_id: str, when: datetime) -> None:
         stored = self._rows.get(key_id)
@@ -81,9 +93,10 @@ class SqlApiKeyStore:
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
 
-    async def add(self, stored: StoredApiKey) -> None:
+    async def add(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(api_keys.insert().values(**_to_row(stored)))
+            await ledger_append(conn, audit)
 
     async def get(self, key_id: str) -> StoredApiKey | None:
         async with self._engine.connect() as conn:
@@ -109,7 +122,7 @@ class SqlApiKeyStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_from_row(r).key for r in rows]
 
-    async def save(self, stored: StoredApiKey) -> None:
+    async def save(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
         row = _to_row(stored)
         mutable = {
             k: row[k]
@@ -119,11 +132,11 @@ class SqlApiKeyStore:
                 "previous_secret_expire_time",
                 "revoke_time",
                 "revoke_reason",
-                "last_used_time",
             )
         }
         async with self._engine.begin() as conn:
             await conn.execute(update(api_keys).where(api_keys.c.key_id == stored.key.key_id).values(**mutable))
+            await ledger_append(conn, audit)
 
     async def record_use(self, key_id: str, when: datetime) -> None:
         async with self._engine.begin() as conn:

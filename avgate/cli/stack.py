@@ -24,7 +24,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avgate.kernel import migrations
-from avgate.kernel.db import SCHEMA_OWNERS, bootstrap_database, create_database, create_engine_for, role_url
+from avgate.kernel.db import (
+    LEDGER_SEQUENCER_ROLE,
+    SCHEMA_OWNERS,
+    bootstrap_database,
+    create_database,
+    create_engine_for,
+    role_url,
+)
 from avgate.kernel.errors import Unauthenticated
 from avgate.kernel.keys import generate_key_pair
 from avgate.kernel.principal import Principal, RegulatorScope, Role
@@ -136,6 +143,10 @@ class LocalStack:
         env[f"{prefix}_GRPC_PORT"] = str(self.config.port_of(name))
         env[f"{prefix}_METRICS_PORT"] = str(self.config.metrics_port_of(name))
         env[f"{prefix}_DATABASE_URL"] = urls[name]
+        if name == "reporting":
+            env["REPORTING_SEQUENCER_DATABASE_URL"] = os.environ.get(
+                "REPORTING_SEQUENCER_DATABASE_URL", role_url(self.admin_url, LEDGER_SEQUENCER_ROLE)
+            )
         if name == "gateway":
             for service in SERVICES:
                 env[f"GATEWAY_{service.upper()}_TARGET"] = f"{self.config.host}:{self.config.port_of(service)}"

@@ -53,7 +53,15 @@ SCHEMA_OWNERS: tuple[SchemaOwner, ...] = (
     SchemaOwner("screening", "services.screening"),
     SchemaOwner("reporting", "services.reporting"),
     SchemaOwner("complaints", "services.complaints"),
+    # The shared audit ledger: owned by its own role, which only migrations use.
+    # Its migration grants every role above its narrow share (see avgate/ledger/migrations).
+    SchemaOwner("ledger", "avgate.ledger"),
 )
+
+# Roles with a share of the ledger but no schema of their own.
+LEDGER_SEQUENCER_ROLE = "avgate_ledger_sequencer"
+LEDGER_PRUNER_ROLE = "avgate_ledger_pruner"
+EXTRA_ROLES = (LEDGER_SEQUENCER_ROLE, LEDGER_PRUNER_ROLE)
 
 
 def owner(name: str) -> SchemaOwner:
@@ -76,6 +84,11 @@ def role_url(admin_url: str, role: str) -> str:
     return sqlalchemy_url(admin_url).set(username=role, password=None).render_as_string(hide_password=False)
 
 
+def libpq_url(url: str) -> str:
+    """A URL psycopg (and libpq) accept directly, from any form we take."""
+    return sqlalchemy_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def create_engine_for(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
@@ -90,6 +103,10 @@ def bootstrap_database(admin_url: str) -> None:
     try:
         with engine.connect() as conn:
             database = conn.execute(text("select current_database()")).scalar_one()
+            for role in EXTRA_ROLES:
+                if not conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": role}).first():
+                    conn.execute(text(f'create role "{role}" login'))
+                conn.execute(text(f'grant connect on database "{database}" to "{role}"'))
             for o in SCHEMA_OWNERS:
                 exists = conn.execute(text("select 1 from pg_roles where rolname = :r"), {"r": o.role}).first()
                 if not exists:

@@ -1,15 +1,76 @@
-"""Composition root of the reporting process: settings → servicers → server."""
+"""Composition root of the reporting process: settings → ledger reader and
+sequencer → servicers → server."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
+from psycopg_pool import AsyncConnectionPool
+
+from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run, service_process
+from avgate.kernel.settings import Environment
+from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import ReportingSettings
+from services.reporting.ledger.sequencer import Sequencer
+from services.reporting.ledger.server import AuditLedgerServicer
+from services.reporting.ledger.store import LedgerReader
 from services.reporting.server import registrations
+
+log = logging.getLogger(__name__)
+
+
+def ledger_signer(settings: ReportingSettings) -> NoteSigner:
+    path = settings.own_ledger_key_file
+    if not path.exists() and settings.generate_keys:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(NoteSigner.generate(settings.ledger_origin).skey() + "\n")
+    signer = NoteSigner.from_skey(path.read_text().strip())
+    if signer.name != settings.ledger_origin:
+        sys.exit(
+            f"reporting: the ledger key is named {signer.name!r}, "
+            f"but REPORTING_LEDGER_ORIGIN is {settings.ledger_origin!r}"
+        )
+    return signer
+
+
+def sequencer_url(settings: ReportingSettings) -> str | None:
+    if settings.sequencer_database_url:
+        return settings.sequencer_database_url
+    url = settings.effective_database_url
+    if url and settings.env is Environment.LOCAL:
+        return role_url(url, LEDGER_SEQUENCER_ROLE)  # local trust auth: same server, the sequencer's role
+    return None
 
 
 async def compose(settings: ReportingSettings) -> GrpcProcess:
-    return service_process(settings, registrations())
+    url = settings.effective_database_url
+    if not url:
+        sys.exit("reporting: set REPORTING_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
+    pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
+    await pool.open()
+    background = []
+    if settings.sequencer_enabled:
+        target = sequencer_url(settings)
+        if target is None:
+            sys.exit("reporting: set REPORTING_SEQUENCER_DATABASE_URL or REPORTING_SEQUENCER_ENABLED=false")
+        sequencer = Sequencer(libpq_url(target), ledger_signer(settings), settings.ledger_origin)
+        background.append(sequencer.run)
+
+    async def close() -> None:
+        await pool.close()
+
+    return service_process(
+        settings,
+        registrations(AuditLedgerServicer(LedgerReader(pool))),
+        background=background,
+        on_shutdown=[close],
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.kernel.db import create_engine_for
-from avgate.kernel.principal import RegulatorScope, Role
+from avgate.kernel.principal import Principal, RegulatorScope, Role
+from avgate.ledger.entry import LedgerEntry
 from gateway.domain import ApiKey, StoredApiKey, hash_secret, new_key_id
 from gateway.store import ApiKeyStore, InMemoryApiKeyStore, SqlApiKeyStore
 from tests.conftest import Database
@@ -57,6 +58,13 @@ def provider_key(tenant: str, *, created: datetime = T0, key_id: str | None = No
     return StoredApiKey(key=key, secret_hash=hash_secret(f"secret-{key.key_id}")).with_key(**changes)
 
 
+OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
+
+
+def audit(stored: StoredApiKey) -> LedgerEntry:
+    return LedgerEntry(action="api_key.test", subject_type="api_key", subject_id=stored.key.key_id, actor=OPERATOR)
+
+
 async def listed(
     store: ApiKeyStore,
     tenant: str,
@@ -79,7 +87,7 @@ class TestAddingAndGetting:
             development=True,
         )
 
-        await store.add(stored)
+        await store.add(stored, audit(stored))
         fetched = await store.get(stored.key.key_id)
 
         assert fetched == stored
@@ -99,7 +107,7 @@ class TestAddingAndGetting:
         )
         stored = StoredApiKey(key=key, secret_hash=hash_secret("regulator secret"))
 
-        await store.add(stored)
+        await store.add(stored, audit(stored))
 
         assert await store.get(key.key_id) == stored
 
@@ -116,7 +124,7 @@ class TestAddingAndGetting:
             previous_secret_expire_time=T0 + timedelta(days=1),
         )
 
-        await store.add(stored)
+        await store.add(stored, audit(stored))
 
         assert await store.get(stored.key.key_id) == stored
 
@@ -131,14 +139,15 @@ class TestListing:
         tie_a = provider_key(tenant, created=T0, key_id=f"ak-a-{tenant}")
         middle = provider_key(tenant, created=T0 + timedelta(microseconds=1))
         for stored in (late, tie_b, tie_a, middle):
-            await store.add(stored)
+            await store.add(stored, audit(stored))
 
         assert await listed(store, tenant) == [k.key.key_id for k in (tie_a, tie_b, middle, late)]
 
     async def test_filters_by_tenant(self, store: ApiKeyStore, tenant: str) -> None:
         mine = provider_key(tenant)
-        await store.add(mine)
-        await store.add(provider_key(f"{tenant}-other"))
+        await store.add(mine, audit(mine))
+        other = provider_key(f"{tenant}-other")
+        await store.add(other, audit(other))
 
         assert await listed(store, tenant) == [mine.key.key_id]
 
@@ -148,7 +157,7 @@ class TestListing:
         first = provider_key(tenant, created=start)
         second = provider_key(f"{tenant}-other", created=start + timedelta(seconds=1))
         for stored in (first, second):
-            await store.add(stored)
+            await store.add(stored, audit(stored))
 
         keys = await store.list(
             tenant_id=None, include_revoked=False, after=(start - timedelta(microseconds=1), ""), limit=2
@@ -160,14 +169,14 @@ class TestListing:
         active = provider_key(tenant, created=T0)
         revoked = provider_key(tenant, created=T0 + timedelta(seconds=1), revoke_time=T0, revoke_reason="done")
         for stored in (active, revoked):
-            await store.add(stored)
+            await store.add(stored, audit(stored))
 
         assert await listed(store, tenant) == [active.key.key_id]
         assert await listed(store, tenant, include_revoked=True) == [active.key.key_id, revoked.key.key_id]
 
     async def test_lists_expired_keys(self, store: ApiKeyStore, tenant: str) -> None:
         expired = provider_key(tenant, expire_time=T0 - timedelta(days=1))
-        await store.add(expired)
+        await store.add(expired, audit(expired))
 
         assert await listed(store, tenant) == [expired.key.key_id]
 
@@ -178,7 +187,7 @@ class TestListing:
             provider_key(tenant, created=T0 + timedelta(seconds=1), key_id=f"ak-0-{tenant}"),
         ]
         for stored in keys:
-            await store.add(stored)
+            await store.add(stored, audit(stored))
         first = keys[0].key
 
         after_first = await listed(store, tenant, after=(first.create_time, first.key_id))
@@ -190,7 +199,7 @@ class TestListing:
     async def test_honours_the_limit(self, store: ApiKeyStore, tenant: str) -> None:
         keys = [provider_key(tenant, created=T0 + timedelta(seconds=i)) for i in range(3)]
         for stored in keys:
-            await store.add(stored)
+            await store.add(stored, audit(stored))
 
         assert await listed(store, tenant, limit=2) == [k.key.key_id for k in keys[:2]]
 
@@ -198,16 +207,16 @@ class TestListing:
 class TestSaving:
     async def test_persists_revocation(self, store: ApiKeyStore, tenant: str) -> None:
         stored = provider_key(tenant)
-        await store.add(stored)
+        await store.add(stored, audit(stored))
 
         revoked = stored.with_key(revoke_time=T0 + timedelta(hours=1), revoke_reason="leaked")
-        await store.save(revoked)
+        await store.save(revoked, audit(revoked))
 
         assert await store.get(stored.key.key_id) == revoked
 
     async def test_persists_rotated_secrets(self, store: ApiKeyStore, tenant: str) -> None:
         stored = provider_key(tenant)
-        await store.add(stored)
+        await store.add(stored, audit(stored))
 
         rotated = StoredApiKey(
             key=stored.key,
@@ -215,24 +224,24 @@ class TestSaving:
             previous_secret_hash=stored.secret_hash,
             previous_secret_expire_time=T0 + timedelta(hours=24),
         )
-        await store.save(rotated)
+        await store.save(rotated, audit(rotated))
 
         assert await store.get(stored.key.key_id) == rotated
 
-    async def test_persists_last_use(self, store: ApiKeyStore, tenant: str) -> None:
+    async def test_leaves_last_use_to_record_use(self, store: ApiKeyStore, tenant: str) -> None:
         stored = provider_key(tenant)
-        await store.add(stored)
+        await store.add(stored, audit(stored))
 
         used = stored.with_key(last_used_time=T0 + timedelta(minutes=3))
-        await store.save(used)
+        await store.save(used, audit(used))
 
-        assert await store.get(stored.key.key_id) == used
+        assert await store.get(stored.key.key_id) == stored
 
     async def test_recording_use_changes_only_the_last_use(self, store: ApiKeyStore, tenant: str) -> None:
         stored = provider_key(tenant)
-        await store.add(stored)
+        await store.add(stored, audit(stored))
         revoked = stored.with_key(revoke_time=T0 + timedelta(hours=1), revoke_reason="leaked")
-        await store.save(revoked)
+        await store.save(revoked, audit(revoked))
 
         await store.record_use(stored.key.key_id, T0 + timedelta(minutes=3))
 
@@ -258,7 +267,7 @@ class TestDevelopmentKeys:
             provider_key(tenant, development=True, revoke_time=T0, revoke_reason="done"),
             provider_key(tenant),
         ):
-            await store.add(stored)
+            await store.add(stored, audit(stored))
 
         found = {k.key_id for k in await store.active_development_keys(now) if k.tenant_id == tenant}
 
@@ -278,6 +287,47 @@ class TestDatabaseGuards:
         stored = provider_key("placeholder").with_key(role=role, tenant_id=tenant_id)
 
         with pytest.raises(sqlalchemy.exc.IntegrityError):
-            await store.add(stored)
+            await store.add(stored, audit(stored))
 
         assert await store.get(stored.key.key_id) is None
+
+
+async def queued_keys(store: ApiKeyStore, keys: list[str], admin_url: str) -> set[str]:
+    """Idempotency keys of the given entries that reached the ledger (queue or integrated)."""
+    if isinstance(store, InMemoryApiKeyStore):
+        return {e.key for e in store.ledger} & set(keys)
+    import psycopg
+
+    from avgate.kernel.db import libpq_url
+
+    async with await psycopg.AsyncConnection.connect(libpq_url(admin_url)) as conn:
+        cur = await conn.execute(
+            "select idempotency_key from ledger.queue where idempotency_key = any(%s) "
+            "union select idempotency_key from ledger.entries where idempotency_key = any(%s)",
+            (keys, keys),
+        )
+        return {r[0] for r in await cur.fetchall()}
+
+
+class TestAuditTrail:
+    async def test_every_change_queues_its_ledger_entry(
+        self, store: ApiKeyStore, tenant: str, database: Database
+    ) -> None:
+        stored = provider_key(tenant)
+        created, revoked_audit = audit(stored), audit(stored)
+        await store.add(stored, created)
+        await store.save(stored.with_key(revoke_time=T0, revoke_reason="leaked"), revoked_audit)
+
+        keys = [created.key, revoked_audit.key]
+        assert await queued_keys(store, keys, database.admin_url) == set(keys)
+
+    async def test_a_change_that_fails_queues_nothing(
+        self, store: ApiKeyStore, tenant: str, database: Database
+    ) -> None:
+        stored = provider_key(tenant)
+        await store.add(stored, audit(stored))
+        duplicate = audit(stored)
+        with pytest.raises((KeyError, sqlalchemy.exc.IntegrityError)):
+            await store.add(stored, duplicate)
+
+        assert await queued_keys(store, [duplicate.key], database.admin_url) == set()

@@ -10,6 +10,7 @@ in-flight calls get the grace period to finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,11 +60,16 @@ class GrpcProcess:
     auth_interceptor: grpc.aio.ServerInterceptor | None
     health_servicer: Any = None
     generic_handlers: Sequence[grpc.GenericRpcHandler] = ()
+    # Long-running work beside the server (a sequencer, a dispatcher): each gets
+    # the stop event, is started after the server and awaited on shutdown.
+    background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = ()
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     port: int = 0
     metrics_port: int = 0
     _server: grpc.aio.Server | None = None
+    _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> int:
         interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -104,6 +110,7 @@ class GrpcProcess:
             for service_name in ["", *names]:
                 await self.health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         self.metrics_port = serve_metrics(self.registry, self.options.metrics_host, self.options.metrics_port)
+        self._tasks = [asyncio.create_task(_supervised(job, self._stop_background)) for job in self.background]
         log.info(
             "serving",
             extra={"grpc_port": self.port, "metrics_port": self.metrics_port, "services": names},
@@ -117,6 +124,9 @@ class GrpcProcess:
         if hasattr(self.health_servicer, "enter_graceful_shutdown"):
             await self.health_servicer.enter_graceful_shutdown()
         await server.stop(self.options.shutdown_grace_seconds)
+        self._stop_background.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.options.shutdown_grace_seconds)
         for hook in self.on_shutdown:
             await hook()
         log.info("stopped")
@@ -131,3 +141,15 @@ class GrpcProcess:
         await stop.wait()
         log.info("draining")
         await self.stop()
+
+
+async def _supervised(job: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Runs a background job; if it fails, logs and restarts it after a pause."""
+    while not stop.is_set():
+        try:
+            await job(stop)
+            return
+        except Exception:
+            log.exception("background job failed; restarting in 1 s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
