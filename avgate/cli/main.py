@@ -170,6 +170,11 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("key_id")
     rotate.add_argument("--grace-hours", type=float)
     keys.set_defaults(func=cmd_keys)
+
+    from avgate.cli import bench, ledger
+
+    ledger.add_parser(sub)
+    bench.add_parser(sub)
     return p
 
 
