@@ -33,9 +33,18 @@ class GrpcMetrics:
         )
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> int:
-    """Starts the /metrics HTTP endpoint; returns the bound port (0 means off)."""
-    if port < 0:
-        return 0
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return int(server.server_port)
+class MetricsEndpoint:
+    """The /metrics HTTP endpoint of one process."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int):
+        self._server = None
+        self.port = 0
+        if port >= 0:  # negative: off
+            self._server, _thread = start_http_server(port, addr=host, registry=registry)
+            self.port = int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -27,6 +27,7 @@ def server_options(settings: ProcessSettings) -> ServerOptions:
         metrics_port=settings.metrics_port,
         max_message_bytes=settings.max_message_bytes,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        drain_delay_seconds=settings.drain_delay_seconds,
     )
 
 

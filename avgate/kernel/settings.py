@@ -57,6 +57,7 @@ class ProcessSettings(BaseSettings):
     token_ttl_seconds: float = shared("AVGATE_TOKEN_TTL_SECONDS", 30.0, gt=0, le=300)  # type: ignore[assignment]
     max_message_bytes: int = shared("AVGATE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, ge=1024)  # type: ignore[assignment]
     shutdown_grace_seconds: float = shared("AVGATE_SHUTDOWN_GRACE_SECONDS", 15.0, ge=0)  # type: ignore[assignment]
+    drain_delay_seconds: float = shared("AVGATE_DRAIN_DELAY_SECONDS", 0.0, ge=0, le=60)  # type: ignore[assignment]
     fallback_database_url: str | None = shared("DATABASE_URL", None)  # type: ignore[assignment]
 
     grpc_host: str = "127.0.0.1"

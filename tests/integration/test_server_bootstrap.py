@@ -77,7 +77,12 @@ class Server:
 
 
 @pytest.fixture
-async def server(keys_dir: pathlib.Path) -> AsyncIterator[Server]:
+def drain_delay() -> float:
+    return 0.0
+
+
+@pytest.fixture
+async def server(keys_dir: pathlib.Path, drain_delay: float) -> AsyncIterator[Server]:
     global CONTROL
     CONTROL = Control()
     settings = IdentitySettings(
@@ -87,6 +92,7 @@ async def server(keys_dir: pathlib.Path) -> AsyncIterator[Server]:
         metrics_port=0,
         max_message_bytes=MAX_MESSAGE_BYTES,
         shutdown_grace_seconds=5,
+        drain_delay_seconds=drain_delay,
     )
     registration = ServiceRegistration(
         SlowIdentity(), identity_pb2_grpc.add_IdentityServiceServicer_to_server, [SERVICE]
@@ -143,6 +149,28 @@ class TestGracefulDrain:
         assert await in_flight == identity_pb2.CheckEligibilityResponse()
         await asyncio.wait_for(stopping, 5)
         await health_channel.close()
+
+
+class TestDrainDelay:
+    @pytest.mark.parametrize("drain_delay", [1.0], ids=["one-second"])
+    async def test_health_answers_not_serving_over_the_wire_before_the_listener_closes(self, server: Server) -> None:
+        health = health_pb2_grpc.HealthStub(server.channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(server.process.stop())
+        await asyncio.sleep(0.2)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await stopping
+
+    async def test_metrics_endpoint_closes_with_the_process(self, server: Server) -> None:
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{server.process.metrics_port}/metrics"
+        await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        await server.process.stop()
+        with pytest.raises(urllib.error.URLError):
+            await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read())
 
 
 class TestMessageSizeLimit:

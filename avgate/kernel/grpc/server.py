@@ -3,8 +3,9 @@
 grpc.aio server with message-size limits and back-pressure, the shared
 interceptors (observability → error mapping → principal), grpc.health.v1,
 reflection, a Prometheus endpoint, and a graceful drain on SIGTERM/SIGINT:
-health turns NOT_SERVING first so load balancers stop sending, then
-in-flight calls get the grace period to finish.
+health turns NOT_SERVING first and, for AVGATE_DRAIN_DELAY_SECONDS, the
+server keeps answering so load balancers see it; then new calls are refused
+and in-flight calls get the grace period to finish.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from avgate.kernel.grpc.errors import ErrorMappingInterceptor
 from avgate.kernel.grpc.observability import ObservabilityInterceptor
-from avgate.kernel.metrics import GrpcMetrics, serve_metrics
+from avgate.kernel.metrics import GrpcMetrics, MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ServerOptions:
     max_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int | None = 2000
     shutdown_grace_seconds: float = 15.0
+    drain_delay_seconds: float = 0.0
     extra_reflection_names: Sequence[str] = ()
 
 
@@ -68,6 +70,7 @@ class GrpcProcess:
     port: int = 0
     metrics_port: int = 0
     _server: grpc.aio.Server | None = None
+    _metrics: MetricsEndpoint | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -109,7 +112,8 @@ class GrpcProcess:
         if isinstance(self.health_servicer, health.aio.HealthServicer):
             for service_name in ["", *names]:
                 await self.health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-        self.metrics_port = serve_metrics(self.registry, self.options.metrics_host, self.options.metrics_port)
+        self._metrics = MetricsEndpoint(self.registry, self.options.metrics_host, self.options.metrics_port)
+        self.metrics_port = self._metrics.port
         self._tasks = [asyncio.create_task(_supervised(job, self._stop_background)) for job in self.background]
         log.info(
             "serving",
@@ -123,12 +127,17 @@ class GrpcProcess:
         server, self._server = self._server, None
         if hasattr(self.health_servicer, "enter_graceful_shutdown"):
             await self.health_servicer.enter_graceful_shutdown()
+        if self.options.drain_delay_seconds > 0:
+            # Keep answering (NOT_SERVING on health) so balancers see it before the listener closes.
+            await asyncio.sleep(self.options.drain_delay_seconds)
         await server.stop(self.options.shutdown_grace_seconds)
         self._stop_background.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.options.shutdown_grace_seconds)
         for hook in self.on_shutdown:
             await hook()
+        if self._metrics is not None:
+            self._metrics.close()
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:
