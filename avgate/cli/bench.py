@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from avgate.bench.ledger import main
+
+    command = "avgate bench ledger " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "avgate bench ledger"
+    return main(args.entries, args.proof_size, command.strip())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = sub.add_parser("bench", help="benchmarks (figures go to docs/BENCHMARKS.md)")
-    bench.set_defaults(func=lambda args: bench.print_help() or 2)
+    which = bench.add_subparsers(dest="bench_command", required=True)
+    ledger = which.add_parser(
+        "ledger",
+        help="append throughput vs plain insert, commit→head latency, verification rate, proof latency",
+        description="Runs against DATABASE_URL's server (a fresh database, dropped after) or an embedded PostgreSQL.",
+    )
+    ledger.add_argument("--entries", type=int, default=20_000, help="appends per writer count and stack")
+    ledger.add_argument("--proof-size", type=int, default=1_000_000, help="ledger size for verification and proofs")
+    ledger.set_defaults(func=_ledger)

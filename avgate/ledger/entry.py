@@ -23,10 +23,13 @@ from avgate.kernel.principal import Principal
 
 FORMAT_VERSION = 1
 MAX_ENTRY_BYTES = 64 * 1024
+# Bounded by anything but ASCII letters and digits, so hex ids (uuids, hashes) do not
+# trip them, while a number inside Chinese text still does.
 _RESIDENT_ID = re.compile(
-    r"(?<![0-9])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9])"
+    r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+    r"[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
 )
-_MOBILE = re.compile(r"(?<![0-9])(?:\+?86)?1[3-9][0-9]{9}(?![0-9])")
+_MOBILE = re.compile(r"(?<![0-9A-Za-z])(?:\+?86)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
 
 
 class PersonalDataInEntry(ValueError):

@@ -1,0 +1,1 @@
+"""Benchmarks run by `avgate bench ...`: side by side in one run, as ratios."""

