@@ -181,7 +181,9 @@ class TestWorkloadSecurity:
         for process, deployment in process_deployments(render(values_file)).items():
             volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
             items = volumes["signing-key"]["secret"]["items"]
-            assert [item["key"] for item in items] == [f"{process}.key"]
+            # Reporting alone also holds the ledger's tree-head signing key.
+            own = [f"{process}.key", "ledger.skey"] if process == "reporting" else [f"{process}.key"]
+            assert [item["key"] for item in items] == own
             trusted = volumes["trusted-keys"].get("secret") or volumes["trusted-keys"]["configMap"]
             assert sorted(item["key"] for item in trusted["items"]) == sorted(f"{p}.pub" for p in PROCESSES)
             assert not any(item["key"].endswith(".key") for item in trusted["items"])
@@ -366,3 +368,19 @@ class TestKubernetesSchemas:
             except kubernetes_validate.SchemaNotFoundError as exc:
                 problems.append(f"{name}: {exc.message}")
         assert not problems, "\n".join(problems)
+
+
+class TestLedger:
+    @each_values_file
+    def test_reporting_runs_the_sequencer_as_its_own_role_with_a_named_log(self, values_file: pathlib.Path) -> None:
+        reporting = process_deployments(render(values_file))["reporting"]
+        env = {e["name"]: e for e in reporting["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["REPORTING_SEQUENCER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "sequencer-url"
+        assert not env["REPORTING_LEDGER_ORIGIN"]["value"].startswith("avgate.local/")
+        assert env["REPORTING_LEDGER_SIGNING_KEY_FILE"]["value"].endswith("/ledger.skey")
+
+    @each_values_file
+    def test_migrations_reach_the_ledger_schema_as_its_owner(self, values_file: pathlib.Path) -> None:
+        job = next(w for w in of_kind(render(values_file), "Job"))
+        env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["LEDGER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "ledger-url"

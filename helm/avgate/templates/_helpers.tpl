@@ -238,6 +238,10 @@ public key. Args: dict root, process.
     items:
       - key: {{ .process }}.key
         path: {{ .process }}.key
+      {{- if eq .process "reporting" }}
+      - key: ledger.skey
+        path: ledger.skey
+      {{- end }}
 - name: trusted-keys
   {{- if .root.Values.keys.trustedKeysConfigMap }}
   configMap:
