@@ -198,16 +198,16 @@ async def seed(admin: str, size: int, signer: NoteSigner, head_every: int = 100_
         now = datetime.now(UTC)
         for start in range(0, size, head_every):
             stop = min(size, start + head_every)
-            payloads = [canonical_bytes(_entry(i)) for i in range(start, stop)]
+            batch = [_entry(i) for i in range(start, stop)]
+            payloads = [canonical_bytes(e) for e in batch]
             leaves = [merkle.leaf_hash(p) for p in payloads]
             nodes = tree.extend(leaves)
             cur = conn.cursor()
             async with cur.copy(
                 "copy ledger.entries (leaf_index, entry_id, idempotency_key, payload, writer, queued_at) from stdin"
             ) as copy:
-                for offset, payload in enumerate(payloads):
-                    key = str(uuid.uuid4())
-                    await copy.write_row((start + offset, key, key, payload, "bench", now))
+                for offset, (entry, payload) in enumerate(zip(batch, payloads, strict=True)):
+                    await copy.write_row((start + offset, entry.entry_id, entry.key, payload, "bench", now))
             async with cur.copy("copy ledger.nodes (level, idx, hash) from stdin") as copy:
                 for offset, leaf in enumerate(leaves):
                     await copy.write_row((0, start + offset, leaf))

@@ -155,3 +155,46 @@ class TestPruning:
             result = await prune(conn, signer, tmp_path)
         # The head of size 30 covers every entry, so all 30 may be archived.
         assert result is not None and result.covered_tree_size == 30 and result.last_index == 29
+
+
+class TestPruneCommand:
+    async def test_operator_prunes_with_the_command_line(
+        self, ledger: tuple[Database, NoteSigner], tmp_path: pathlib.Path
+    ) -> None:
+        import json
+        import subprocess
+        import sys
+
+        database, signer = ledger
+        await backdate(database, 10, months=8)
+        key_file = tmp_path / "ledger.skey"
+        key_file.write_text(signer.skey() + "\n")
+        archive = tmp_path / "archive"
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "avgate.cli.main", "ledger", "prune",
+                "--database-url", role_url(database.admin_url, LEDGER_PRUNER_ROLE),
+                "--archive-dir", str(archive), "--signing-key-file", str(key_file),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert (report["first_index"], report["last_index"], report["covered_tree_size"]) == (0, 9, 10)
+        assert pathlib.Path(report["manifest"]).exists()
+        assert [r[0] for r in await rows(database, "select min(leaf_index) from ledger.entries")] == [10]
+
+
+def test_keygen_writes_a_private_key_once_and_prints_the_verifier_key(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "ledger.skey"
+    command = [sys.executable, "-m", "avgate.cli.main", "ledger", "keygen", "--origin", ORIGIN, "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    signer = NoteSigner.from_skey(out.read_text().strip())
+    assert done.stdout.strip() == signer.vkey() and signer.name == ORIGIN
+    assert out.stat().st_mode & 0o777 == 0o600
+    again = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and NoteSigner.from_skey(out.read_text().strip()).vkey() == signer.vkey()

@@ -102,11 +102,12 @@ def upgrade() -> None:
             using errcode = 'insufficient_privilege';
         end $$;
 
-        -- The sequencer consumes a queue row only once its entry is integrated.
+        -- The sequencer consumes a queue row only once its entry (same key or same id) is integrated.
         create function ledger.guard_queue_delete() returns trigger language plpgsql as $$
         begin
           if current_user = 'avgate_ledger_sequencer'
-             and exists (select 1 from ledger.entries e where e.idempotency_key = old.idempotency_key) then
+             and exists (select 1 from ledger.entries e
+                         where e.idempotency_key = old.idempotency_key or e.entry_id = old.entry_id) then
             return old;
           end if;
           raise exception 'ledger.queue: only the sequencer may consume an integrated entry'
@@ -123,7 +124,9 @@ def upgrade() -> None:
           select retention into keep from ledger.policy order by policy_id desc limit 1;
           if current_user = 'avgate_ledger_pruner'
              and archived_to is not null and old.leaf_index <= archived_to
-             and old.integrated_at < now() - greatest(keep, interval '6 months') then
+             -- Both cutoffs, not greatest(keep, '6 months'): intervals compare with 30-day months,
+             -- so a retention of '180 days' would otherwise undercut six calendar months.
+             and old.integrated_at < least(now() - keep, now() - interval '6 months') then
             return old;
           end if;
           raise exception 'ledger.entries: entry % is not an archived entry past retention', old.leaf_index
@@ -148,7 +151,7 @@ def upgrade() -> None:
                                                      and h.tree_size > new.last_index) then
             raise exception 'ledger.archives: no signed head of size % covers the range', new.covered_tree_size;
           end if;
-          if newest is null or newest >= now() - greatest(keep, interval '6 months') then
+          if newest is null or newest >= least(now() - keep, now() - interval '6 months') then
             raise exception 'ledger.archives: the range holds entries younger than the retention period';
           end if;
           return new;
@@ -197,7 +200,9 @@ def upgrade() -> None:
 
     op.execute("revoke all on all tables in schema ledger from public")
     op.execute(f"grant usage on schema ledger to {SERVICE_ROLES}, avgate_ledger_sequencer, avgate_ledger_pruner")
-    op.execute(f"grant insert on ledger.queue to {SERVICE_ROLES}")
+    # Column-level: queue_id, queued_at and writer take their defaults, so a service can neither
+    # pose as another writer nor pick its place in the queue.
+    op.execute(f"grant insert (entry_id, idempotency_key, payload) on ledger.queue to {SERVICE_ROLES}")
     op.execute(f"grant usage on sequence ledger.queue_queue_id_seq to {SERVICE_ROLES}")
     op.execute("grant select, delete on ledger.queue to avgate_ledger_sequencer")
     op.execute(

@@ -8,7 +8,8 @@ visible at each poll; a row whose transaction commits late is simply
 picked up by a later poll (it is consumed only once integrated), so no
 entry is skipped. A duplicate idempotency key (a retried append that slipped
 past the queue's unique index after its original was integrated) is
-consumed without a second leaf.
+consumed without a second leaf, and so is a row reusing an entry id that is
+already recorded (logged as an error: a poison row must not stop the log).
 
 Each batch commits in one transaction: its entries, every perfect subtree
 node it completes, the signed head, and the consumption of its queue rows.
@@ -142,21 +143,31 @@ class Sequencer:
             if not rows:
                 return BatchResult(0, 0, self._range.size)
             keys = [r[2] for r in rows]
-            existing = {
-                r[0]
-                for r in await (
-                    await conn.execute(
-                        "select idempotency_key from ledger.entries where idempotency_key = any(%s)", (keys,)
-                    )
-                ).fetchall()
-            }
+            ids = [r[1] for r in rows]
+            seen_keys: set[str] = set()
+            seen_ids: set[Any] = set()
+            for key, entry_id in await (
+                await conn.execute(
+                    "select idempotency_key, entry_id from ledger.entries "
+                    "where idempotency_key = any(%s) or entry_id = any(%s)",
+                    (keys, ids),
+                )
+            ).fetchall():
+                seen_keys.add(key)
+                seen_ids.add(entry_id)
             tree = self._range.copy()
             entry_rows = []
             node_rows: list[tuple[int, int, bytes]] = []
             for _queue_id, entry_id, key, payload, writer, queued_at in rows:
-                if key in existing:
+                if key in seen_keys:
+                    continue  # a retried append: recorded once
+                if entry_id in seen_ids:
+                    # Another append reused an entry id: the first stays the record; this one
+                    # is consumed rather than left to block every later entry.
+                    log.error("ledger entry id %s was appended twice under different keys; kept the first", entry_id)
                     continue
-                existing.add(key)
+                seen_keys.add(key)
+                seen_ids.add(entry_id)
                 index = tree.size
                 leaf = merkle.leaf_hash(bytes(payload))
                 entry_rows.append((index, entry_id, key, bytes(payload), writer, queued_at))
