@@ -1,7 +1,7 @@
 """Our RFC 9162 verifiers against the public transparency-dev/merkle test vectors.
 
-The vectors live in ../shared/testdata/rfc9162 (copied unchanged from
-transparency-dev/merkle's testdata/). Every vector must give the expected answer,
+The vectors live in tests/testdata/rfc9162 (copied unchanged from
+transparency-dev/merkle's testdata/, Apache-2.0; see its LICENSE). Every vector must give the expected answer,
 and every valid proof must stop verifying under our own mutations too.
 
 The subtree*/ folders are for the subtree proofs of the Merkle Tree Certificates
@@ -36,15 +36,7 @@ def _find_vectors() -> Path:
     override = os.environ.get("AVGATE_RFC9162_VECTORS")
     if override:
         return Path(override)
-    here = Path(__file__).resolve()
-    expected = here.parents[3] / "shared" / "testdata" / "rfc9162"  # /work/main/tests/unit/x.py -> /work
-    if expected.is_dir():
-        return expected
-    for parent in here.parents:  # a checkout elsewhere: look upward for shared/testdata/rfc9162
-        candidate = parent / "shared" / "testdata" / "rfc9162"
-        if candidate.is_dir():
-            return candidate
-    return expected
+    return Path(__file__).resolve().parents[1] / "testdata" / "rfc9162"
 
 
 VECTORS = _find_vectors()
