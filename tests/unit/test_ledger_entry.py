@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import MAX_ENTRY_BYTES, LedgerEntry, PersonalDataInEntry, canonical_bytes
+from avgate.ledger.entry import MAX_ENTRY_BYTES, LedgerEntry, PersonalDataInEntry, canonical_bytes, canonical_json
 
 PROVIDER = Principal(role=Role.PROVIDER, subject="ak1", tenant_id="acme", request_id="req-1")
 SCREENING = Principal(role=Role.SERVICE, subject="screening", origin=PROVIDER)
@@ -86,3 +88,35 @@ class TestPersonalData:
     def test_oversize_entries_are_refused(self) -> None:
         with pytest.raises(ValueError, match="limit"):
             canonical_bytes(entry(data={"blob": "x" * MAX_ENTRY_BYTES}))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+
+
+class TestCanonicalJson:
+    @settings(max_examples=400, deadline=None)
+    @given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+    def test_equals_the_rfc8785_reference_for_any_document(self, document: dict[str, object]) -> None:
+        try:
+            expected = rfc8785.dumps(document)
+        except (rfc8785.CanonicalizationError, ValueError):
+            return  # the reference refuses it (e.g. lone surrogates); so must we, by falling back to it
+        assert canonical_json(document) == expected
+
+    @pytest.mark.parametrize(
+        "document",
+        [{"\U0001f600": 1, "\uffff": 2}, {"n": 1.5}, {"big": 2**60}, {"e": "\u2028\x1f\x7f"}],
+        ids=["astral-keys", "float", "beyond-2**53", "odd-characters"],
+    )
+    def test_known_differences_between_python_and_rfc8785_are_handled(self, document: dict[str, object]) -> None:
+        try:
+            expected = rfc8785.dumps(document)
+        except (rfc8785.CanonicalizationError, ValueError):
+            with pytest.raises((rfc8785.CanonicalizationError, ValueError)):
+                canonical_json(document)
+            return
+        assert canonical_json(document) == expected

@@ -106,8 +106,9 @@ def upgrade() -> None:
         create function ledger.guard_queue_delete() returns trigger language plpgsql as $$
         begin
           if current_user = 'avgate_ledger_sequencer'
-             and exists (select 1 from ledger.entries e
-                         where e.idempotency_key = old.idempotency_key or e.entry_id = old.entry_id) then
+             -- Two EXISTS, not one with OR: each probes its own unique index.
+             and (exists (select 1 from ledger.entries e where e.idempotency_key = old.idempotency_key)
+                  or exists (select 1 from ledger.entries e where e.entry_id = old.entry_id)) then
             return old;
           end if;
           raise exception 'ledger.queue: only the sequencer may consume an integrated entry'

@@ -148,8 +148,9 @@ class Sequencer:
             seen_ids: set[Any] = set()
             for key, entry_id in await (
                 await conn.execute(
-                    "select idempotency_key, entry_id from ledger.entries "
-                    "where idempotency_key = any(%s) or entry_id = any(%s)",
+                    # A union, not OR: each arm probes its own unique index.
+                    "select idempotency_key, entry_id from ledger.entries where idempotency_key = any(%s) "
+                    "union select idempotency_key, entry_id from ledger.entries where entry_id = any(%s)",
                     (keys, ids),
                 )
             ).fetchall():
