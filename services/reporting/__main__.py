@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
@@ -15,7 +16,7 @@ from avgate.kernel.process import run, service_process
 from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import ReportingSettings
-from services.reporting.ledger.sequencer import Sequencer
+from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
 from services.reporting.ledger.store import LedgerReader
 from services.reporting.server import registrations
@@ -54,12 +55,18 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
         sys.exit("reporting: set REPORTING_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
+    registry = CollectorRegistry()
     background = []
     if settings.sequencer_enabled:
         target = sequencer_url(settings)
         if target is None:
             sys.exit("reporting: set REPORTING_SEQUENCER_DATABASE_URL or REPORTING_SEQUENCER_ENABLED=false")
-        sequencer = Sequencer(libpq_url(target), ledger_signer(settings), settings.ledger_origin)
+        sequencer = Sequencer(
+            libpq_url(target),
+            ledger_signer(settings),
+            settings.ledger_origin,
+            metrics=SequencerMetrics(registry),
+        )
         background.append(sequencer.run)
 
     async def close() -> None:
@@ -70,6 +77,7 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
         registrations(AuditLedgerServicer(LedgerReader(pool))),
         background=background,
         on_shutdown=[close],
+        registry=registry,
     )
 
 

@@ -145,6 +145,26 @@ class TestLocalStack:
         with urllib.request.urlopen(running.description["processes"]["gateway"]["metrics"], timeout=5) as response:
             assert 'grpc_method="Check"' in response.read().decode()
 
+    def test_reporting_exports_the_ledger_sequencers_gauges(self, running: RunningStack) -> None:
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = running.description["processes"]["reporting"]["metrics"]
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                samples = {
+                    s.name: s.value for f in text_string_to_metric_families(response.read().decode()) for s in f.samples
+                }
+            # Creating the four development keys wrote four ledger entries.
+            if samples.get("avgate_ledger_tree_size", 0) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert samples["avgate_ledger_sequencer_leader"] == 1
+        assert samples["avgate_ledger_tree_size"] >= 4
+        assert samples["avgate_ledger_integration_lag_seconds_count"] >= 4
+
     def test_one_development_key_per_role_is_printed(self, running: RunningStack) -> None:
         keys = running.description["development_api_keys"]
         assert set(keys) == {"provider", "regulator", "public", "operator"}

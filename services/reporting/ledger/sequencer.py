@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from avgate.ledger import merkle
 from avgate.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
@@ -39,6 +40,21 @@ CLAIM = (
     "select queue_id, entry_id, idempotency_key, payload, writer, queued_at "
     "from ledger.queue order by queue_id limit %s"
 )
+
+
+class SequencerMetrics:
+    """What an operator watches: leadership, tree size, how far integration lags."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.leader = Gauge("avgate_ledger_sequencer_leader", "1 while this replica leads.", registry=registry)
+        self.tree_size = Gauge("avgate_ledger_tree_size", "Entries in the signed tree.", registry=registry)
+        self.integrated = Counter("avgate_ledger_integrated_total", "Entries integrated.", registry=registry)
+        self.lag = Histogram(
+            "avgate_ledger_integration_lag_seconds",
+            "From an entry's queueing to its signed head.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
 
 
 @dataclass
@@ -80,6 +96,7 @@ class Sequencer:
         batch_size: int = 2000,
         poll_interval: float = 0.1,
         clock: Callable[[], float] = time.time,
+        metrics: SequencerMetrics | None = None,
     ):
         self._url = url
         self._signer = signer
@@ -88,6 +105,7 @@ class Sequencer:
         self._poll_interval = poll_interval
         self._clock = clock
         self._range: merkle.CompactRange | None = None
+        self._metrics = metrics
         self.is_leader = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -98,6 +116,8 @@ class Sequencer:
                     if not await self._campaign(conn, stop):
                         return
                     self.is_leader = True
+                    if self._metrics is not None:
+                        self._metrics.leader.set(1)
                     log.info("ledger sequencer is leading")
                     await self._load(conn)
                     while not stop.is_set():
@@ -110,6 +130,8 @@ class Sequencer:
             finally:
                 self.is_leader = False
                 self._range = None
+                if self._metrics is not None:
+                    self._metrics.leader.set(0)
 
     async def _campaign(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> bool:
         while not stop.is_set():
@@ -198,6 +220,12 @@ class Sequencer:
                 )
             await conn.execute("delete from ledger.queue where queue_id = any(%s)", ([r[0] for r in rows],))
         self._range = tree
+        if self._metrics is not None:
+            self._metrics.tree_size.set(tree.size)
+            self._metrics.integrated.inc(len(entry_rows))
+            signed = self._clock()
+            for entry in entry_rows:
+                self._metrics.lag.observe(max(0.0, signed - entry[5].timestamp()))
         return BatchResult(len(entry_rows), len(rows), tree.size)
 
 
