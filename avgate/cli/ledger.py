@@ -25,10 +25,9 @@ from typing import Any
 
 import grpc
 import psycopg
-from google.protobuf import json_format
 from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
-from grpc_status import rpc_status
 
+from avgate.cli.common import print_json, print_rpc_error
 from avgate.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_checkpoint
 from avgate.ledger.merkle import ProofError, verify_consistency, verify_inclusion
 from avgate.ledger.remote import check_extends, parse_unverified, rfc3339_ms
@@ -41,20 +40,6 @@ class CommandError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
-    """Prints the gRPC error with its google.rpc details as JSON on stderr (as `avgate keys` does)."""
-    error: dict[str, object] = {"code": exc.code().name, "message": exc.details()}
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    if status is not None:
-        error["details"] = [json_format.MessageToDict(d) for d in status.details]
-    print(json.dumps({"error": error}, indent=2, ensure_ascii=False), file=sys.stderr)
-    return 1
 
 
 def _run(args: argparse.Namespace, body: Callable[[Any, argparse.Namespace], Awaitable[int]]) -> int:
@@ -73,7 +58,7 @@ def _run(args: argparse.Namespace, body: Callable[[Any, argparse.Namespace], Awa
     try:
         return asyncio.run(call())
     except grpc.aio.AioRpcError as exc:
-        return _rpc_error(exc)
+        return print_rpc_error(exc)
     except CommandError as exc:
         print(f"avgate ledger: {exc}", file=sys.stderr)
         return 1
@@ -158,7 +143,7 @@ async def _cmd_head(stub: _Stub, args: argparse.Namespace) -> int:
     if args.size and cp.size != args.size:
         raise CommandError(f"asked for the head at size {args.size}, got one at size {cp.size}")
     if args.json:
-        _print_json(_head_json(cp, note))
+        print_json(_head_json(cp, note))
     else:
         sys.stdout.write(_note_text(note))
     return 0
@@ -201,7 +186,7 @@ async def _cmd_prove_inclusion(stub: _Stub, args: argparse.Namespace) -> int:
         }
         if args.entry_id is not None:
             result["entry_id"] = args.entry_id
-        _print_json(result)
+        print_json(result)
     else:
         print(
             f"leaf {proof.leaf_index} (hash {leaf_hash.hex()}) is included in the signed tree of size {cp.size}"
@@ -243,7 +228,7 @@ async def _cmd_prove_consistency(stub: _Stub, args: argparse.Namespace) -> int:
             f"the consistency proof between sizes {first.size} and {second.size} does NOT verify: {exc}"
         ) from exc
     if args.json:
-        _print_json(
+        print_json(
             {
                 "first_tree_size": first.size,
                 "second_tree_size": second.size,
@@ -280,7 +265,7 @@ async def _cmd_check_remote(stub: _Stub, args: argparse.Namespace) -> int:
         latest_note = bytes(reply.tree_head.checkpoint)
     result = check_extends(saved_note, latest_note, proof, verifiers)
     if args.json:
-        _print_json(
+        print_json(
             {
                 **result.to_json(),
                 "trusted_keys": [v.vkey() for v in verifiers],

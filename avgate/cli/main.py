@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import sys
@@ -18,8 +17,8 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
-from grpc_status import rpc_status
 
+from avgate.cli.common import print_json, print_rpc_error
 from avgate.kernel import migrations
 from avgate.kernel.db import SCHEMA_OWNERS, bootstrap_database, role_url
 
@@ -107,13 +106,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_call_gateway(args))
     except grpc.aio.AioRpcError as exc:
-        error: dict[str, object] = {"code": exc.code().name, "message": exc.details()}
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-        if status is not None:
-            error["details"] = [json_format.MessageToDict(d) for d in status.details]
-        print(json.dumps({"error": error}, indent=2, ensure_ascii=False), file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+        return print_rpc_error(exc)
+    print_json(result)
     return 0
 
 
