@@ -50,10 +50,11 @@ from avgate.kernel.db import (
     drop_database,
     libpq_url,
     role_url,
+    transaction_driver,
 )
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger import merkle
-from avgate.ledger.append import append, driver_connection
+from avgate.ledger.append import append
 from avgate.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
 
@@ -165,7 +166,7 @@ async def _measure_writers(
 
     async def sa_plain(i: int) -> None:
         async with engine.begin() as conn:
-            raw = await driver_connection(conn)
+            raw = await transaction_driver(conn, "plain insert")
             await raw.execute(plain, (f"sa-{writers}-{i}", canonical_bytes(entries[i])))
 
     stacks = {

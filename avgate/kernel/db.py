@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib
 import pathlib
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -82,6 +84,26 @@ def sqlalchemy_url(url: str) -> URL:
 def role_url(admin_url: str, role: str) -> str:
     """The admin URL with the user replaced by a service role (trust or peer auth)."""
     return sqlalchemy_url(admin_url).set(username=role, password=None).render_as_string(hide_password=False)
+
+
+async def transaction_driver(conn: Any, what: str) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under `conn` (a SQLAlchemy AsyncConnection or psycopg's own),
+    refusing one outside a transaction: what a library call writes there must commit with
+    the caller's change or not at all. Library calls on hot paths (the ledger's append, the
+    outbox's enqueue) go to the driver because the layers above cost more than the insert."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.autocommit and idle:
+            raise RuntimeError(f"{what} needs the caller's open transaction; this connection is in autocommit")
+        return conn
+    if not conn.in_transaction():
+        # Without a begun SQLAlchemy transaction the row would ride on a driver transaction
+        # SQLAlchemy does not know about, and vanish when the connection goes back to the pool.
+        raise RuntimeError(f"{what} needs the caller's open transaction; begin one first")
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection), f"{what} needs the psycopg (v3) driver"
+    return driver
 
 
 def libpq_url(url: str) -> str:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-
+from avgate.kernel.db import transaction_driver
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
 
 INSERT_QUEUE = (
@@ -28,16 +27,6 @@ INSERT_QUEUE = (
 )
 
 
-async def driver_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
-    """The psycopg connection under a SQLAlchemy AsyncConnection (or itself)."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
-    assert isinstance(driver, psycopg.AsyncConnection), "the ledger needs the psycopg (v3) driver"
-    return driver
-
-
 async def append(conn: Any, entry: LedgerEntry) -> None:
     """Queues `entry` in the caller's open transaction on `conn`.
 
@@ -45,5 +34,5 @@ async def append(conn: Any, entry: LedgerEntry) -> None:
     transaction begun; committing it commits the entry with the change.
     """
     payload = canonical_bytes(entry)
-    driver = await driver_connection(conn)
+    driver = await transaction_driver(conn, "append")
     await driver.execute(INSERT_QUEUE, (entry.entry_id, entry.key, payload))

@@ -508,3 +508,21 @@ class TestSigningKeyRotation:
                 assert keys[0].valid_from <= head.signed_at <= keys[1].valid_from
         # Verifiers built from the published keys open every head, old and new.
         await check_log(fresh, [NoteVerifier.from_vkey(k.vkey) for k in keys], expect_size=9)
+
+
+class TestAppendNeedsTheCallersTransaction:
+    async def test_an_autocommit_connection_is_refused_and_nothing_is_queued(self, fresh: Database) -> None:
+        async with await connect(service_url(fresh), autocommit=True) as conn:
+            with pytest.raises(RuntimeError, match="open transaction"):
+                await append(conn, entry("alone"))
+        assert await queue_count(fresh) == 0
+
+    async def test_a_sqlalchemy_connection_without_a_transaction_is_refused(self, fresh: Database) -> None:
+        engine = create_engine_for(fresh.url_for("identity"), pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                with pytest.raises(RuntimeError, match="begin one first"):
+                    await append(conn, entry("alone"))
+        finally:
+            await engine.dispose()
+        assert await queue_count(fresh) == 0
