@@ -34,13 +34,25 @@ problems that implicate no entry (a forged signature) leave it None.
 
 Everything runs in one REPEATABLE READ READ ONLY snapshot when the connection is
 idle, so a sequencer integrating meanwhile cannot cause false alarms.
+
+Large ledgers (at least `_PARALLEL_MIN_ENTRIES` indexes, connection idle): hashlib keeps
+the GIL for small inputs, so the windows' fast checks (fetch, parse, hash, compare) run
+in `workers` processes (`_verify_worker`), each on its own connection in this
+transaction's exported snapshot; this process feeds their leaf hashes into the tree in
+order and redoes a failing window exactly itself. Should the workers fail to start or
+break, the pass carries on in this process from the window it was at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
+import os
+import pathlib
+import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,9 +60,10 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
 
-from avgate.ledger import merkle
+from avgate.ledger import _verify_worker, merkle
 from avgate.ledger.checkpoint import (
     Checkpoint,
     InvalidSignatureError,
@@ -156,6 +169,17 @@ _SQL_SLOW_ENTRIES = (
     " where leaf_index >= %s and leaf_index < %s order by leaf_index"
 )
 _SQL_SLOW_LEAVES = "select idx, hash from ledger.nodes where level = 0 and idx >= %s and idx < %s order by idx"
+_SQL_NEXT_PRESENT = (
+    "select least((select min(leaf_index) from ledger.entries where leaf_index >= %s),"
+    " (select min(idx) from ledger.nodes where level = 0 and idx >= %s))"
+)
+# Below this many indexes the pass stays in this process (starting workers costs ~0.5 s).
+_PARALLEL_MIN_ENTRIES = 200_000
+
+
+def _default_workers() -> int:
+    cpus = os.cpu_count() or 1
+    return min(2, cpus) if cpus > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +213,8 @@ class VerifyReport:
     saved_heads_checked: int = 0
     problems_omitted: int = 0
     """Problems found beyond `max_problems` and not listed (`ok` is False all the same)."""
+    workers_used: int = 0
+    """Worker processes that hashed windows (0: all in this process)."""
 
     @property
     def ok(self) -> bool:
@@ -292,6 +318,77 @@ class _Collector:
         return idx[i] if i < len(idx) and idx[i] < end else None
 
 
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+"""The directory holding the avgate package (the workers' PYTHONPATH)."""
+
+
+class _WorkerError(Exception):
+    """A worker process failed to start, reported an error or died."""
+
+
+class _WorkerProcess:
+    """One `python -m avgate.ledger._verify_worker` child and its pipes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls) -> _WorkerProcess:
+        env = dict(os.environ)
+        # The child imports avgate from wherever this process did.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "avgate.ledger._verify_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        return cls(proc)
+
+    def send(self, data: bytes) -> None:
+        stdin = self.proc.stdin
+        if stdin is None or stdin.is_closing():
+            raise _WorkerError("verify worker's stdin is closed")
+        stdin.write(data)
+
+    async def receive(self) -> tuple[int, bytes]:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            header = await stdout.readexactly(_verify_worker.FRAME.size)
+            status, length = _verify_worker.FRAME.unpack(header)
+            data = await stdout.readexactly(length) if length else b""
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            raise _WorkerError(f"verify worker died: {exc}") from exc
+        if status == _verify_worker.ERROR:
+            raise _WorkerError(data.decode(errors="replace"))
+        return status, data
+
+    async def expect_ready(self) -> None:
+        status, _ = await self.receive()
+        if status != _verify_worker.OK:
+            raise _WorkerError(f"verify worker answered {status} at start")
+
+    async def stop(self, *, kill: bool = False) -> None:
+        """Ends the worker: EOF on its stdin (it has answered everything), or kill (it may be mid-window)."""
+        proc = self.proc
+        if proc.returncode is not None:
+            return
+        if kill:
+            proc.kill()
+            await proc.wait()
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 def _body_of(note: bytes) -> bytes | None:
     split = note.rfind(b"\n\n")
     return note[: split + 1] if split >= 0 else None
@@ -353,20 +450,27 @@ async def verify_database(
     batch_size: int = 50_000,
     max_problems: int = 1000,
     parse_json: bool = False,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verifies the ledger on `conn` (any role with SELECT on the ledger, e.g. avgate_reporting).
 
     `trusted`: the log keys to accept (the published vkeys a regulator pins); None means
     the keys in ledger.signing_keys, each from its valid_from. `saved_heads`: signed
     checkpoints kept outside the database; each must match the recomputed tree.
-    At most `max_problems` problems are listed; the rest are counted.
+    At most `max_problems` problems are listed; the rest are counted. `workers`: processes
+    for the fast checks of a large ledger (default min(2, CPUs), none on one CPU; 0 keeps
+    everything in this process); used only when `conn` is idle, so the snapshot is ours.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
+    if workers is None:
+        workers = _default_workers()
     if conn.info.transaction_status == TransactionStatus.IDLE:
         async with conn.transaction():
             await conn.execute("set transaction isolation level repeatable read, read only")
-            return await _Verification(conn, trusted, saved_heads, batch_size, max_problems, parse_json).run()
+            verification = _Verification(conn, trusted, saved_heads, batch_size, max_problems, parse_json)
+            verification.workers = max(0, workers)
+            return await verification.run()
     return await _Verification(conn, trusted, saved_heads, batch_size, max_problems, parse_json).run()
 
 
@@ -398,15 +502,27 @@ class _Verification:
         self._ti = 0
         self._last_head_ok = 0
         self._last_saved_ok = 0
+        self.workers = 0
+        self.workers_used = 0
+        """Worker processes for the fast checks (set only when this transaction's snapshot is ours)."""
+        self._pool: list[_WorkerProcess] = []
+        self._pool_ready: asyncio.Future[Any] | None = None
 
     # ------------------------------------------------------------------ driver
 
     async def run(self) -> VerifyReport:
-        verifiers, valid_from = await self._keys()
-        await self._load_heads(verifiers, valid_from)
-        self._open_saved(verifiers)
-        boundary = await self._archives()
-        tree_size, start = await self._pass(boundary)
+        # Workers start while the keys and heads are checked.
+        await self._start_pool()
+        try:
+            verifiers, valid_from = await self._keys()
+            await self._load_heads(verifiers, valid_from)
+            self._open_saved(verifiers)
+            boundary = await self._archives()
+            tree_size, start = await self._pass(boundary)
+        except BaseException:
+            await self._stop_pool(kill=True)
+            raise
+        await self._stop_pool()
         self.out.flush_missing()
         return VerifyReport(
             entries_checked=self.entries_checked,
@@ -417,7 +533,54 @@ class _Verification:
             start_index=start,
             saved_heads_checked=len(self.saved),
             problems_omitted=self.out.omitted,
+            workers_used=self.workers_used,
         )
+
+    # ------------------------------------------------------------------ worker processes
+
+    async def _start_pool(self) -> None:
+        """Starts the workers in this transaction's snapshot when the ledger is large enough."""
+        if self.workers < 1:
+            return
+        span = await _scalar(
+            self.conn,
+            "select (select max(leaf_index) from ledger.entries) - (select min(leaf_index) from ledger.entries)",
+        )
+        if span is None or int(span) + 1 < _PARALLEL_MIN_ENTRIES:
+            return
+        # Not in a savepoint: PostgreSQL exports snapshots only from a top-level transaction.
+        snapshot = await _scalar(self.conn, "select pg_export_snapshot()")
+        info = self.conn.info
+        settings = {
+            "conninfo": make_conninfo(info.dsn, password=info.password) if info.password else info.dsn,
+            "snapshot": snapshot,
+            "entries_sql": _SQL_FAST_ENTRIES_JSON if self.parse_json else _SQL_FAST_ENTRIES,
+            "leaves_sql": _SQL_FAST_LEAVES,
+            "parse_json": self.parse_json,
+        }
+        line = json.dumps(settings).encode() + b"\n"
+        for _ in range(self.workers):
+            try:
+                worker = await _WorkerProcess.start()
+            except OSError:
+                break
+            worker.send(line)
+            self._pool.append(worker)
+        self.workers_used = len(self._pool)
+        if self._pool:
+            # Each answers once connected in the snapshot; meanwhile the keys and heads are checked.
+            self._pool_ready = asyncio.gather(*(w.expect_ready() for w in self._pool))
+
+    async def _stop_pool(self, *, kill: bool = False) -> None:
+        pool, ready = self._pool, self._pool_ready
+        self._pool, self._pool_ready = [], None
+        if ready is not None:
+            if not ready.done():
+                ready.cancel()
+            with contextlib.suppress(BaseException):
+                await ready
+        for worker in pool:
+            await worker.stop(kill=kill)
 
     # ------------------------------------------------------------------ keys and heads
 
@@ -610,41 +773,10 @@ class _Verification:
         self._last_saved_ok = start
         self._tree = tree
 
-        # Fetch window k + 1 while a worker thread hashes window k: the server's work and ours overlap
-        # (hashlib and the event loop's waits let go of each other). A window that fails the fast
-        # checks is redone index by index after the worker, before window k + 1 is fed.
-        loop = asyncio.get_running_loop()
-        batch = self.batch_size
-        lo = start
-        prefetched: tuple[int, Any] | None = None
-        while lo < end:
-            hi = min(lo + batch, end)
-            if prefetched is not None and prefetched[0] == lo:
-                data = prefetched[1]
-            else:
-                data = await self._fetch(lo, hi)
-            prefetched = None
-            entries, (leaf_count, _) = data
-            if not entries and not leaf_count:
-                nxt = await _scalar(
-                    conn,
-                    "select least((select min(leaf_index) from ledger.entries where leaf_index >= %s),"
-                    " (select min(idx) from ledger.nodes where level = 0 and idx >= %s))",
-                    (hi, hi),
-                )
-                nxt = end if nxt is None else int(nxt)
-                self._gap(lo, nxt, boundary)
-                lo = nxt
-                continue
-            worker = loop.run_in_executor(None, self._fast_window, lo, hi, data)
-            try:
-                if hi < end:
-                    prefetched = (hi, await self._fetch(hi, min(hi + batch, end)))
-            finally:
-                done = await worker
-            if not done:
-                await self._slow_window(lo, hi, boundary)
-            lo = hi
+        if self._pool:
+            await self._parallel_windows(start, end, boundary)
+        else:
+            await self._serial_windows(start, end, boundary)
 
         size = self._tree.size if self._tree is not None else end
         out.flush_missing()
@@ -685,6 +817,83 @@ class _Verification:
                 names_entry=True,
             )
         return size, start
+
+    async def _next_present(self, hi: int, end: int) -> int:
+        """The first index at or after `hi` holding an entry or a leaf node (`end` if none)."""
+        nxt = await _scalar(self.conn, _SQL_NEXT_PRESENT, (hi, hi))
+        return end if nxt is None else int(nxt)
+
+    async def _serial_windows(self, lo: int, end: int, boundary: int) -> None:
+        """The windows of [lo, end) in this process."""
+        # Fetch window k + 1 while a worker thread hashes window k: the server's work and ours overlap
+        # (hashlib and the event loop's waits let go of each other). A window that fails the fast
+        # checks is redone index by index after the worker, before window k + 1 is fed.
+        loop = asyncio.get_running_loop()
+        batch = self.batch_size
+        prefetched: tuple[int, Any] | None = None
+        while lo < end:
+            hi = min(lo + batch, end)
+            if prefetched is not None and prefetched[0] == lo:
+                data = prefetched[1]
+            else:
+                data = await self._fetch(lo, hi)
+            prefetched = None
+            entries, (leaf_count, _) = data
+            if not entries and not leaf_count:
+                nxt = await self._next_present(hi, end)
+                self._gap(lo, nxt, boundary)
+                lo = nxt
+                continue
+            worker = loop.run_in_executor(None, self._fast_window, lo, hi, data)
+            try:
+                if hi < end:
+                    prefetched = (hi, await self._fetch(hi, min(hi + batch, end)))
+            finally:
+                done = await worker
+            if not done:
+                await self._slow_window(lo, hi, boundary)
+            lo = hi
+
+    async def _parallel_windows(self, lo: int, end: int, boundary: int) -> None:
+        """The windows of [lo, end): fast checks in the worker processes (round robin), fed here in order."""
+        pool = self._pool
+        batch = self.batch_size
+        depth = 2 * len(pool)
+        pending: deque[tuple[int, int, _WorkerProcess]] = deque()
+        submit_at = lo
+        turn = 0
+        try:
+            if self._pool_ready is not None:
+                await self._pool_ready
+            while lo < end:
+                while len(pending) < depth and submit_at < end:
+                    w_hi = min(submit_at + batch, end)
+                    worker = pool[turn % len(pool)]
+                    turn += 1
+                    worker.send(b"%d %d\n" % (submit_at, w_hi))
+                    pending.append((submit_at, w_hi, worker))
+                    submit_at = w_hi
+                w_lo, hi, worker = pending.popleft()
+                assert w_lo == lo
+                status, blob = await worker.receive()
+                if status == _verify_worker.EMPTY:
+                    # Drop the answers for windows beyond the gap (each worker answers in order).
+                    while pending:
+                        await pending.popleft()[2].receive()
+                    nxt = await self._next_present(hi, end)
+                    self._gap(lo, nxt, boundary)
+                    lo = submit_at = nxt
+                    continue
+                if status == _verify_worker.OK:
+                    self.entries_checked += hi - lo
+                    self._feed([blob[i : i + merkle.HASH_SIZE] for i in range(0, len(blob), merkle.HASH_SIZE)])
+                else:
+                    await self._slow_window(lo, hi, boundary)
+                lo = hi
+        except _WorkerError:
+            # The workers did not start or one broke: the rest of the pass runs here, exactly.
+            await self._stop_pool(kill=True)
+            await self._serial_windows(lo, end, boundary)
 
     async def _resume(
         self,

@@ -317,6 +317,13 @@ class TestVerifyNamesTheFirstBadEntry:
         assert report.first_bad_index == first_bad, report.problems
         assert kinds(report) == expected, report.problems
 
+        # The worker processes a large ledger is verified with find exactly the same.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("avgate.ledger.verify._PARALLEL_MIN_ENTRIES", 0)
+            parallel = await verify(ledger.db, workers=2, batch_size=8)
+        assert parallel.workers_used == 2
+        assert (parallel.first_bad_index, kinds(parallel)) == (report.first_bad_index, kinds(report))
+
 
 class TestVerifyChecksSignatures:
     @pytest.mark.parametrize(
