@@ -1,5 +1,5 @@
-"""Composition root of the reporting process: settings → ledger reader and
-sequencer → servicers → server."""
+"""Composition root of the reporting process: settings → engine and ledger
+reader → sequencer → incident store and service → servicers → server."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ import sys
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
-from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
+from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, create_engine_for, libpq_url, role_url
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run, service_process
 from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import ReportingSettings
+from services.reporting.domain import RoutingRules
+from services.reporting.incidents import IncidentService
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
 from services.reporting.ledger.store import LedgerReader
-from services.reporting.server import registrations
+from services.reporting.server import IncidentServicer, registrations
+from services.reporting.store import SqlIncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,12 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
     url = settings.effective_database_url
     if not url:
         sys.exit("reporting: set REPORTING_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
+    try:
+        routing = RoutingRules.with_overrides(settings.routing_rules)
+    except ValueError as exc:
+        sys.exit(f"reporting: REPORTING_ROUTING_RULES: {exc}")
+    engine = create_engine_for(url)
+    incidents = IncidentService(SqlIncidentStore(engine), routing)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     registry = CollectorRegistry()
@@ -71,10 +80,11 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
 
     async def close() -> None:
         await pool.close()
+        await engine.dispose()
 
     return service_process(
         settings,
-        registrations(AuditLedgerServicer(LedgerReader(pool))),
+        registrations(AuditLedgerServicer(LedgerReader(pool)), IncidentServicer(incidents)),
         background=background,
         on_shutdown=[close],
         registry=registry,

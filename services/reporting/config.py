@@ -23,6 +23,9 @@ class ReportingSettings(ProcessSettings):
     ledger_origin: str = "avgate.local/ledger"
     # The signer key in signed-note "PRIVATE+KEY+..." form (a file holding it).
     ledger_signing_key_file: pathlib.Path | None = None
+    # Routing overrides by category name, as JSON: REPORTING_ROUTING_RULES='{"rumor": ["cyberspace"]}'.
+    # Categories not named keep their defaults (services.reporting.domain.DEFAULT_ROUTING).
+    routing_rules: dict[str, list[str]] = {}
 
     @property
     def own_ledger_key_file(self) -> pathlib.Path:

@@ -1,7 +1,70 @@
-"""Tables of the reporting schema (none yet: its issue adds them with migrations)."""
+"""Tables of the reporting schema: incidents and the outbox of reports to the authorities."""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from avgate.kernel.outbox import outbox_table
 
 metadata = MetaData(schema="reporting")
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("incident_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("external_id", String(128), nullable=False),
+    # SHA-256 of the canonical submitted content: a resubmission with another hash is a conflict.
+    Column("content_hash", LargeBinary(32), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("category", String(40), nullable=False),
+    Column("prohibited_type", String(40)),
+    Column("legal_basis", JSONB, nullable=False),
+    Column("facts", Text, nullable=False),
+    # Content references and hashes, never the media: [{"content_id", "uri", "sha256", "media_type"}].
+    Column("content", JSONB, nullable=False),
+    Column("user_id", Text),
+    Column("action_type", String(40)),
+    Column("action_time", DateTime(timezone=True)),
+    Column("action_until_time", DateTime(timezone=True)),
+    Column("action_detail", Text, nullable=False, server_default=""),
+    Column("enforcement_action_id", Text, nullable=False, server_default=""),
+    Column("automated_detection", Boolean, nullable=False),
+    Column("automated_decision", Boolean, nullable=False),
+    Column("detect_time", DateTime(timezone=True)),
+    Column("region_code", String(6), nullable=False),
+    Column("evidence", JSONB, nullable=False),
+    Column("related", JSONB, nullable=False),
+    # Routes: every route department in every route region.
+    Column("route_departments", ARRAY(String(32)), nullable=False),
+    Column("route_regions", ARRAY(String(6)), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("acknowledgements", JSONB, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    UniqueConstraint("tenant_id", "external_id", name="incidents_tenant_external_id_key"),
+    CheckConstraint(
+        "status in ('recorded', 'delivered', 'acknowledged', 'delivery_failed')", name="incidents_status_known"
+    ),
+    CheckConstraint("region_code ~ '^[0-9]{6}$'", name="incidents_region_code_format"),
+    # Listings run newest first, within a tenant (providers) or across tenants (regulators).
+    Index("incidents_tenant_create_time", "tenant_id", "create_time", "incident_id"),
+    Index("incidents_create_time", "create_time", "incident_id"),
+)
+
+outbox = outbox_table(metadata)

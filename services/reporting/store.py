@@ -1,0 +1,352 @@
+"""Where incidents live: a small interface, its SQL implementation and an
+in-memory fake for unit tests (both pass one contract suite).
+
+A creation writes the incident, its ledger entry and one outbox event per
+routed department in one transaction; an acknowledgement writes the change
+and its ledger entry in one transaction. Delivering the outbox events to the
+authorities is the dispatcher's job (its adapters and wiring come later).
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy.exc
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from avgate.kernel.outbox import OutboxEvent, enqueue
+from avgate.ledger.append import append as ledger_append
+from avgate.ledger.entry import LedgerEntry, canonical_bytes
+from services.reporting.domain import (
+    Acknowledgement,
+    ActionTaken,
+    ContentRef,
+    EvidenceRef,
+    ExternalIdTaken,
+    Incident,
+    IncidentCategory,
+    IncidentInput,
+    IncidentQuery,
+    IncidentSource,
+    IncidentStatus,
+    LegalBasis,
+    NewIncident,
+    RelatedRecord,
+    Route,
+    UserRef,
+)
+from services.reporting.models import incidents
+
+SCHEMA = "reporting"
+Cursor = tuple[datetime, str]
+"""(create_time, incident_id) of the last incident of a page; listings run newest first."""
+
+
+class IncidentStore(Protocol):
+    async def add(self, new: Sequence[NewIncident]) -> None:
+        """Writes every incident with its ledger entry and reports, or nothing.
+
+        Raises ExternalIdTaken when a (tenant, external id) is taken already.
+        """
+        ...
+
+    async def get(self, incident_id: str) -> Incident | None: ...
+
+    async def find_by_external_ids(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, Incident]: ...
+
+    async def list(self, query: IncidentQuery, *, after: Cursor | None, limit: int) -> builtins.list[Incident]: ...
+
+    async def acknowledge(self, incident_id: str, ack: Acknowledgement, audit: LedgerEntry) -> Incident | None:
+        """Adds `ack` (status ACKNOWLEDGED) with its ledger entry; None when the incident is gone.
+
+        An acknowledgement with the same request id by the same regulator is
+        there already: the incident is returned unchanged and nothing is written.
+        """
+        ...
+
+    async def record(self, audit: LedgerEntry) -> None:
+        """Writes a ledger entry alone (a regulator's read)."""
+        ...
+
+
+def _already_acknowledged(incident: Incident, ack: Acknowledgement) -> bool:
+    return bool(ack.request_id) and any(
+        a.request_id == ack.request_id and a.acknowledged_by == ack.acknowledged_by for a in incident.acknowledgements
+    )
+
+
+def _with_ack(incident: Incident, ack: Acknowledgement) -> Incident:
+    return replace(
+        incident,
+        acknowledgements=(*incident.acknowledgements, ack),
+        status=IncidentStatus.ACKNOWLEDGED,
+        update_time=ack.acknowledge_time,
+    )
+
+
+def _newest_first(incident: Incident) -> Cursor:
+    return (incident.create_time, incident.incident_id)
+
+
+class InMemoryIncidentStore:
+    def __init__(self) -> None:
+        self._rows: dict[str, Incident] = {}
+        self.ledger: builtins.list[LedgerEntry] = []
+        self.outbox: builtins.list[OutboxEvent] = []
+
+    async def add(self, new: Sequence[NewIncident]) -> None:
+        taken = {(i.tenant_id, i.external_id) for i in self._rows.values()}
+        for item in new:
+            key = (item.incident.tenant_id, item.incident.external_id)
+            if key in taken:
+                raise ExternalIdTaken(*key)
+            taken.add(key)
+            canonical_bytes(item.audit)  # refuses what the real ledger would refuse
+        for item in new:
+            self._rows[item.incident.incident_id] = item.incident
+            self.ledger.append(item.audit)
+            self.outbox.extend(OutboxEvent(r.destination, r.payload, r.event_id) for r in item.reports)
+
+    async def get(self, incident_id: str) -> Incident | None:
+        return self._rows.get(incident_id)
+
+    async def find_by_external_ids(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, Incident]:
+        wanted = set(external_ids)
+        return {i.external_id: i for i in self._rows.values() if i.tenant_id == tenant_id and i.external_id in wanted}
+
+    async def list(self, query: IncidentQuery, *, after: Cursor | None, limit: int) -> builtins.list[Incident]:
+        ordered = sorted(self._rows.values(), key=_newest_first, reverse=True)
+        return [i for i in ordered if query.matches(i) and (after is None or _newest_first(i) < after)][:limit]
+
+    async def acknowledge(self, incident_id: str, ack: Acknowledgement, audit: LedgerEntry) -> Incident | None:
+        incident = self._rows.get(incident_id)
+        if incident is None or _already_acknowledged(incident, ack):
+            return incident
+        canonical_bytes(audit)
+        self._rows[incident_id] = _with_ack(incident, ack)
+        self.ledger.append(audit)
+        return self._rows[incident_id]
+
+    async def record(self, audit: LedgerEntry) -> None:
+        canonical_bytes(audit)
+        self.ledger.append(audit)
+
+
+class SqlIncidentStore:
+    def __init__(self, engine: AsyncEngine):
+        self._engine = engine
+
+    async def add(self, new: Sequence[NewIncident]) -> None:
+        if not new:
+            return
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
+                for item in new:
+                    await ledger_append(conn, item.audit)
+                    for report in item.reports:
+                        event = OutboxEvent(report.destination, report.payload, report.event_id)
+                        await enqueue(conn, event, schema=SCHEMA)
+        except sqlalchemy.exc.IntegrityError as exc:
+            # Only the (tenant, external id) key can collide: incident ids are random.
+            if "incidents_tenant_external_id_key" not in str(exc.orig):
+                raise
+            first = new[0].incident
+            raise ExternalIdTaken(first.tenant_id, first.external_id) from exc
+
+    async def get(self, incident_id: str) -> Incident | None:
+        async with self._engine.connect() as conn:
+            return await self._get(conn, incident_id)
+
+    @staticmethod
+    async def _get(conn: AsyncConnection, incident_id: str, *, lock: bool = False) -> Incident | None:
+        query = select(incidents).where(incidents.c.incident_id == incident_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).mappings().first()
+        return _from_row(row) if row is not None else None
+
+    async def find_by_external_ids(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, Incident]:
+        if not external_ids:
+            return {}
+        query = select(incidents).where(
+            incidents.c.tenant_id == tenant_id, incidents.c.external_id.in_(list(set(external_ids)))
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return {r["external_id"]: _from_row(r) for r in rows}
+
+    async def list(self, query: IncidentQuery, *, after: Cursor | None, limit: int) -> builtins.list[Incident]:
+        c = incidents.c
+        statement = select(incidents).order_by(c.create_time.desc(), c.incident_id.desc()).limit(limit)
+        if query.tenant_ids is not None:
+            statement = statement.where(c.tenant_id.in_(query.tenant_ids))
+        if query.departments is not None:
+            statement = statement.where(c.route_departments.overlap(list(query.departments)))
+        for n, prefixes in enumerate(query.region_prefix_sets):
+            # Prefixes are digits only (validated), so LIKE needs no escaping.
+            statement = statement.where(
+                text(
+                    f"exists (select 1 from unnest(reporting.incidents.route_regions) as r(code) "
+                    f"where r.code like any(cast(:region_patterns_{n} as text[])))"
+                ).bindparams(**{f"region_patterns_{n}": [f"{p}%" for p in prefixes]})
+            )
+        if query.categories is not None:
+            statement = statement.where(c.category.in_([x.value for x in query.categories]))
+        if query.statuses is not None:
+            statement = statement.where(c.status.in_([x.value for x in query.statuses]))
+        if query.sources is not None:
+            statement = statement.where(c.source.in_([x.value for x in query.sources]))
+        if query.created_from is not None:
+            statement = statement.where(c.create_time >= query.created_from)
+        if query.created_before is not None:
+            statement = statement.where(c.create_time < query.created_before)
+        if query.content_id is not None:
+            statement = statement.where(c.content.contains([{"content_id": query.content_id}]))
+        if query.user_id is not None:
+            statement = statement.where(c.user_id == query.user_id)
+        if after is not None:
+            statement = statement.where(
+                or_(c.create_time < after[0], and_(c.create_time == after[0], c.incident_id < after[1]))
+            )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(statement)).mappings().all()
+        return [_from_row(r) for r in rows]
+
+    async def acknowledge(self, incident_id: str, ack: Acknowledgement, audit: LedgerEntry) -> Incident | None:
+        async with self._engine.begin() as conn:
+            # The row lock makes a retried acknowledgement (same request id) wait and then find the first.
+            incident = await self._get(conn, incident_id, lock=True)
+            if incident is None or _already_acknowledged(incident, ack):
+                return incident
+            updated = _with_ack(incident, ack)
+            await conn.execute(
+                update(incidents)
+                .where(incidents.c.incident_id == incident_id)
+                .values(
+                    acknowledgements=[_ack_to_json(a) for a in updated.acknowledgements],
+                    status=updated.status.value,
+                    update_time=updated.update_time,
+                )
+            )
+            await ledger_append(conn, audit)
+        return updated
+
+    async def record(self, audit: LedgerEntry) -> None:
+        async with self._engine.begin() as conn:
+            await ledger_append(conn, audit)
+
+
+# --------------------------------------------------------------------------- rows ⇄ domain
+
+
+def _ack_to_json(ack: Acknowledgement) -> dict[str, Any]:
+    return {
+        "department": ack.department,
+        "region_code": ack.region_code,
+        "acknowledged_by": ack.acknowledged_by,
+        "acknowledge_time": ack.acknowledge_time.isoformat(),
+        "note": ack.note,
+        "request_id": ack.request_id,
+    }
+
+
+def _ack_from_json(raw: dict[str, Any]) -> Acknowledgement:
+    return Acknowledgement(
+        department=raw["department"],
+        region_code=raw["region_code"],
+        acknowledged_by=raw["acknowledged_by"],
+        acknowledge_time=datetime.fromisoformat(raw["acknowledge_time"]),
+        note=raw.get("note", ""),
+        request_id=raw.get("request_id", ""),
+    )
+
+
+def _to_row(incident: Incident) -> dict[str, Any]:
+    i = incident.input
+    action = i.action
+    return {
+        "incident_id": incident.incident_id,
+        "tenant_id": incident.tenant_id,
+        "external_id": i.external_id,
+        "content_hash": incident.content_hash,
+        "source": i.source.value if i.source else "",
+        "category": i.category.value if i.category else "",
+        "prohibited_type": i.prohibited_type,
+        "legal_basis": [
+            {"instrument": b.instrument, "article": b.article, "paragraph": b.paragraph, "note": b.note}
+            for b in i.legal_basis
+        ],
+        "facts": i.facts,
+        "content": [
+            {"content_id": c.content_id, "uri": c.uri, "sha256": c.sha256, "media_type": c.media_type}
+            for c in i.content
+        ],
+        "user_id": i.user.user_id if i.user is not None else None,
+        "action_type": action.type if action is not None else None,
+        "action_time": action.action_time if action is not None else None,
+        "action_until_time": action.until_time if action is not None else None,
+        "action_detail": action.detail if action is not None else "",
+        "enforcement_action_id": action.enforcement_action_id if action is not None else "",
+        "automated_detection": i.automated_detection,
+        "automated_decision": i.automated_decision,
+        "detect_time": i.detect_time,
+        "region_code": i.region_code,
+        "evidence": [{"sha256": e.sha256, "size_bytes": e.size_bytes, "media_type": e.media_type} for e in i.evidence],
+        "related": [{"kind": r.kind, "id": r.id} for r in i.related],
+        "route_departments": list(incident.departments),
+        "route_regions": list(incident.region_codes),
+        "status": incident.status.value,
+        "acknowledgements": [_ack_to_json(a) for a in incident.acknowledgements],
+        "create_time": incident.create_time,
+        "update_time": incident.update_time,
+        "ledger_entry_id": incident.ledger_entry_id,
+    }
+
+
+def _from_row(row: Any) -> Incident:
+    tenant_id = row["tenant_id"]
+    incident_input = IncidentInput(
+        external_id=row["external_id"],
+        tenant_id=tenant_id,
+        source=IncidentSource(row["source"]),
+        category=IncidentCategory(row["category"]),
+        prohibited_type=row["prohibited_type"],
+        legal_basis=tuple(LegalBasis(**b) for b in row["legal_basis"]),
+        facts=row["facts"],
+        content=tuple(ContentRef(tenant_id=tenant_id, **c) for c in row["content"]),
+        user=UserRef(user_id=row["user_id"], tenant_id=tenant_id) if row["user_id"] is not None else None,
+        action=ActionTaken(
+            type=row["action_type"],
+            action_time=row["action_time"],
+            until_time=row["action_until_time"],
+            detail=row["action_detail"],
+            enforcement_action_id=row["enforcement_action_id"],
+        )
+        if row["action_type"] is not None
+        else None,
+        automated_detection=row["automated_detection"],
+        automated_decision=row["automated_decision"],
+        detect_time=row["detect_time"],
+        region_code=row["region_code"],
+        evidence=tuple(EvidenceRef(**e) for e in row["evidence"]),
+        related=tuple(RelatedRecord(**r) for r in row["related"]),
+    )
+    return Incident(
+        incident_id=row["incident_id"],
+        tenant_id=tenant_id,
+        content_hash=bytes(row["content_hash"]),
+        input=incident_input,
+        routes=tuple(Route(d, r) for d in row["route_departments"] for r in row["route_regions"]),
+        status=IncidentStatus(row["status"]),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        ledger_entry_id=uuid.UUID(str(row["ledger_entry_id"])),
+        acknowledgements=tuple(_ack_from_json(a) for a in row["acknowledgements"]),
+    )
