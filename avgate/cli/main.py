@@ -3,6 +3,7 @@
 avgate run                      the whole local stack (embedded defaults)
 avgate db bootstrap|migrate|check
 avgate keys create|list|revoke|rotate   (through the gateway's RPCs)
+avgate outbox replay --service S        (dead letters back to pending, in the ledger)
 """
 
 from __future__ import annotations
@@ -165,9 +166,10 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--grace-hours", type=float)
     keys.set_defaults(func=cmd_keys)
 
-    from avgate.cli import bench, ledger
+    from avgate.cli import bench, ledger, outbox
 
     ledger.add_parser(sub)
+    outbox.add_parser(sub)
     bench.add_parser(sub)
     return p
 

@@ -1,5 +1,6 @@
 """Composition root of the reporting process: settings → engine and ledger
-reader → sequencer → incident store and service → servicers → server."""
+reader → sequencer → outbox dispatcher to the authorities → incident store
+and service → servicers → server."""
 
 from __future__ import annotations
 
@@ -11,18 +12,21 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, create_engine_for, libpq_url, role_url
+from avgate.kernel.deliveries import FileDropDelivery, HttpJsonDelivery
 from avgate.kernel.grpc.server import GrpcProcess
+from avgate.kernel.keys import SigningKey, load_private_key
+from avgate.kernel.outbox import Delivery, Dispatcher, OutboxMetrics
 from avgate.kernel.process import run, service_process
 from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
-from services.reporting.config import ReportingSettings
+from services.reporting.config import FileAuthority, ReportingSettings
 from services.reporting.domain import RoutingRules
 from services.reporting.incidents import IncidentService
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
 from services.reporting.ledger.store import LedgerReader
 from services.reporting.server import IncidentServicer, registrations
-from services.reporting.store import SqlIncidentStore
+from services.reporting.store import SCHEMA, SqlIncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,45 @@ def sequencer_url(settings: ReportingSettings) -> str | None:
     return None
 
 
+def authority_deliveries(settings: ReportingSettings) -> dict[str, Delivery]:
+    """{"authority:<department>": adapter} from the settings; ValueError names the department at fault."""
+    deliveries: dict[str, Delivery] = {}
+    for department, spec in settings.authority_specs().items():
+        destination = f"authority:{department}"
+        if isinstance(spec, FileAuthority):
+            deliveries[destination] = FileDropDelivery(spec.directory, prefix=department)
+            continue
+        token = None
+        if spec.bearer_token_file is not None:
+            try:
+                token = spec.bearer_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"REPORTING_AUTHORITIES: department {department!r}: cannot read bearer_token_file: {exc}"
+                ) from exc
+        deliveries[destination] = HttpJsonDelivery(spec.url, bearer_token=token, timeout=spec.timeout, embed_json=True)
+    return deliveries
+
+
+def delivery_signer(settings: ReportingSettings) -> SigningKey:
+    """Reporting's own Ed25519 key: authorities check deliveries against reporting's public key."""
+    return SigningKey(settings.process_name, load_private_key(settings.own_signing_key_file))
+
+
+def authority_dispatcher(settings: ReportingSettings, url: str, registry: CollectorRegistry) -> Dispatcher:
+    """The dispatcher of reporting.outbox (reports to the authorities), on reporting's own URL."""
+    return Dispatcher(
+        libpq_url(url),
+        SCHEMA,
+        authority_deliveries(settings),
+        max_attempts=settings.dispatcher_max_attempts,
+        base_delay=settings.dispatcher_base_delay,
+        max_delay=settings.dispatcher_max_delay,
+        signer=delivery_signer(settings),
+        metrics=OutboxMetrics(registry),
+    )
+
+
 async def compose(settings: ReportingSettings) -> GrpcProcess:
     url = settings.effective_database_url
     if not url:
@@ -60,11 +103,17 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
         routing = RoutingRules.with_overrides(settings.routing_rules)
     except ValueError as exc:
         sys.exit(f"reporting: REPORTING_ROUTING_RULES: {exc}")
+    registry = CollectorRegistry()
+    dispatcher = None
+    if settings.dispatcher_enabled:
+        try:
+            dispatcher = authority_dispatcher(settings, url, registry)
+        except (ValueError, OSError) as exc:
+            sys.exit(f"reporting: {exc}")
     engine = create_engine_for(url)
     incidents = IncidentService(SqlIncidentStore(engine), routing)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
-    registry = CollectorRegistry()
     background = []
     if settings.sequencer_enabled:
         target = sequencer_url(settings)
@@ -77,6 +126,8 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
             metrics=SequencerMetrics(registry),
         )
         background.append(sequencer.run)
+    if dispatcher is not None:
+        background.append(dispatcher.run)
 
     async def close() -> None:
         await pool.close()

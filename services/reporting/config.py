@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import pathlib
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from avgate.kernel.settings import ProcessSettings
+from services.reporting.domain import DEPARTMENTS
+
+
+@dataclass(frozen=True)
+class HttpAuthority:
+    """An authority that takes signed JSON documents by HTTP POST."""
+
+    url: str
+    bearer_token_file: pathlib.Path | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class FileAuthority:
+    """An authority that takes exports: signed JSON lines dropped in a directory."""
+
+    directory: pathlib.Path
+
+
+AuthoritySpec = HttpAuthority | FileAuthority
 
 
 class ReportingSettings(ProcessSettings):
@@ -26,10 +48,30 @@ class ReportingSettings(ProcessSettings):
     # Routing overrides by category name, as JSON: REPORTING_ROUTING_RULES='{"rumor": ["cyberspace"]}'.
     # Categories not named keep their defaults (services.reporting.domain.DEFAULT_ROUTING).
     routing_rules: dict[str, list[str]] = {}
+    # Where each department's reports go, as JSON by department:
+    #   {"cyberspace": {"type": "http", "url": "https://...", "bearer_token_file": "/run/secrets/t", "timeout": 10},
+    #    "culture_tourism": {"type": "file", "directory": "/exports/culture"}}
+    # A department not named gets a file drop under <state_dir>/authority-drops/<department>/
+    # (a local stand-in: the production profile names it).
+    authorities: dict[str, dict[str, Any]] = {}
+    # The outbox dispatcher that delivers the reports runs in this process.
+    dispatcher_enabled: bool = True
+    dispatcher_max_attempts: int = Field(default=10, ge=1)
+    dispatcher_base_delay: float = Field(default=0.5, gt=0)
+    dispatcher_max_delay: float = Field(default=300.0, gt=0)
 
     @property
     def own_ledger_key_file(self) -> pathlib.Path:
         return self.ledger_signing_key_file or (self.keys_dir / "ledger.skey")
+
+    def authority_specs(self) -> dict[str, AuthoritySpec]:
+        """Every department's adapter spec, checked; ValueError names the department at fault."""
+        specs: dict[str, AuthoritySpec] = {
+            d: FileAuthority(self.state_dir / "authority-drops" / d) for d in DEPARTMENTS
+        }
+        for department, raw in self.authorities.items():
+            specs[department] = _parse_spec(department, raw)
+        return specs
 
     def local_stand_ins(self) -> list[str]:
         problems = super().local_stand_ins()
@@ -37,4 +79,45 @@ class ReportingSettings(ProcessSettings):
             problems.append("no REPORTING_SEQUENCER_DATABASE_URL (the sequencer's own role)")
         if self.ledger_origin.startswith("avgate.local/"):
             problems.append(f"REPORTING_LEDGER_ORIGIN={self.ledger_origin} (the local log's name)")
+        if self.dispatcher_enabled:
+            missing = [d for d in DEPARTMENTS if d not in self.authorities]
+            if missing:
+                problems.append(
+                    f"REPORTING_AUTHORITIES names no adapter for {', '.join(missing)} "
+                    "(local file drops under the state directory)"
+                )
         return problems
+
+
+def _parse_spec(department: str, raw: Any) -> AuthoritySpec:
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"REPORTING_AUTHORITIES: department {department!r}: {problem}")
+
+    if department not in DEPARTMENTS:
+        raise fail(f"not a department (one of {', '.join(DEPARTMENTS)})")
+    if not isinstance(raw, dict):
+        raise fail('an adapter spec is a JSON object with "type": "http" or "file"')
+    kind = raw.get("type")
+    if kind == "http":
+        unknown = set(raw) - {"type", "url", "bearer_token_file", "timeout"}
+        url = raw.get("url")
+        if unknown:
+            raise fail(f"unknown keys {sorted(unknown)}")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise fail('"url" must be an http(s) URL')
+        token_file = raw.get("bearer_token_file")
+        if token_file is not None and (not isinstance(token_file, str) or not token_file):
+            raise fail('"bearer_token_file" must be a file path')
+        timeout = raw.get("timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise fail('"timeout" must be a positive number of seconds')
+        return HttpAuthority(url, pathlib.Path(token_file) if token_file else None, float(timeout))
+    if kind == "file":
+        unknown = set(raw) - {"type", "directory"}
+        directory = raw.get("directory")
+        if unknown:
+            raise fail(f"unknown keys {sorted(unknown)}")
+        if not isinstance(directory, str) or not directory:
+            raise fail('"directory" must be a directory path')
+        return FileAuthority(pathlib.Path(directory))
+    raise fail(f'"type" must be "http" or "file", not {kind!r}')

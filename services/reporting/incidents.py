@@ -15,9 +15,9 @@ Creation is idempotent by (tenant, external id): the same content returns
 the incident recorded first, other content is an IdempotencyConflict. Each
 creation writes, in one transaction, the incident, its ledger entry and one
 outbox event per routed department (destination "authority:<department>",
-payload the canonical JSON report). The dispatcher that delivers those
-events and its authority adapters are wired in a later slice; until then
-the events wait, safely committed, in reporting.outbox.
+payload the canonical JSON report). Reporting's outbox dispatcher delivers
+them, signed, to each department's adapter (REPORTING_AUTHORITIES; see
+services.reporting.__main__).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ in-memory fake for unit tests (both pass one contract suite).
 A creation writes the incident, its ledger entry and one outbox event per
 routed department in one transaction; an acknowledgement writes the change
 and its ledger entry in one transaction. Delivering the outbox events to the
-authorities is the dispatcher's job (its adapters and wiring come later).
+authorities is the dispatcher's job (wired in services.reporting.__main__).
 """
 
 from __future__ import annotations

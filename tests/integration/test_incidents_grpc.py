@@ -57,6 +57,7 @@ async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator
         grpc_port=0,
         database_url=database.url_for("reporting"),
         sequencer_enabled=False,
+        dispatcher_enabled=False,  # these tests read the reports pending in the outbox
     )
     process: GrpcProcess = await compose(settings)
     await process.start()

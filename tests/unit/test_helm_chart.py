@@ -380,6 +380,19 @@ class TestLedger:
         assert env["REPORTING_LEDGER_SIGNING_KEY_FILE"]["value"].endswith("/ledger.skey")
 
     @each_values_file
+    def test_reporting_names_an_authority_for_every_department(self, values_file: pathlib.Path) -> None:
+        import json
+
+        from services.reporting.config import ReportingSettings
+
+        reporting = process_deployments(render(values_file))["reporting"]
+        env = {e["name"]: e for e in reporting["spec"]["template"]["spec"]["containers"][0]["env"]}
+        authorities = json.loads(env["REPORTING_AUTHORITIES"]["value"])
+        settings = ReportingSettings(authorities=authorities)
+        assert set(settings.authority_specs()) == set(authorities)  # every spec parses
+        assert not [p for p in settings.local_stand_ins() if "REPORTING_AUTHORITIES" in p]
+
+    @each_values_file
     def test_migrations_reach_the_ledger_schema_as_its_owner(self, values_file: pathlib.Path) -> None:
         job = next(w for w in of_kind(render(values_file), "Job"))
         env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
