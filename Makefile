@@ -50,7 +50,7 @@ test: install ## Run the whole test suite (TEST_DATABASE_URL/DATABASE_URL, else 
 
 .PHONY: test-db
 test-db: install ## Run only the database-backed tests (CI runs them again on PostgreSQL 15)
-	$(BIN)/python -m pytest -m "db" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "db and not bench" $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: install ## ruff, mypy, import contracts, buf lint, helm lint

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import shutil
 import socket
 import tempfile
@@ -94,6 +95,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free ports, below Linux's ephemeral range (32768+),
+    so that the kernel does not hand one of them to an outgoing connection meanwhile."""
+    rng = random.Random()
+    for _ in range(200):
+        start = rng.randrange(20_000, 32_000 - size)
+        sockets = []
+        try:
+            for port in range(start, start + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no block of {size} free ports")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

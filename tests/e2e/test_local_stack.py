@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
-from tests.conftest import REPO, Database, free_port
+from tests.conftest import REPO, Database, free_port_block
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,8 @@ class RunningStack:
 @pytest.fixture(scope="module")
 def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     state_dir = tmp_path_factory.mktemp("stack")
-    base = free_port()
+    # One block: gateway, the four services, then five metrics ports.
+    base = free_port_block(10)
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     env["DATABASE_URL"] = database.admin_url
     process = subprocess.Popen(
@@ -57,11 +58,11 @@ def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "--state-dir",
             str(state_dir),
             "--gateway-port",
-            str(free_port()),
-            "--service-port-base",
             str(base),
+            "--service-port-base",
+            str(base + 1),
             "--metrics-port-base",
-            str(free_port()),
+            str(base + 5),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -74,7 +75,11 @@ def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Ite
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             output = process.stdout.read().decode() if process.stdout else ""
-            pytest.fail(f"avgate run did not come up:\n{output}")
+            logs = "".join(
+                f"\n--- {log.name} (last lines)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                for log in sorted((state_dir / "logs").glob("*.log"))
+            )
+            pytest.fail(f"avgate run did not come up:\n{output}{logs}")
         time.sleep(0.2)
     stack = RunningStack(process, state_dir, json.loads(described.read_text()))
     try:
