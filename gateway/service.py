@@ -8,10 +8,7 @@ reported as not found, so tenants learn nothing of each other.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
-import json
 import re
 import time
 from collections.abc import Callable
@@ -19,10 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, NotFound, Unauthenticated
+from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import Principal, RegulatorScope, Role
 from avgate.ledger.entry import LedgerEntry, contains_personal_data
 from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
-from gateway.store import ApiKeyStore, Cursor
+from gateway.store import ApiKeyStore
 
 # Checked with fullmatch: `$` alone also accepts a trailing newline, and `\d` accepts any Unicode digit.
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
@@ -31,8 +29,6 @@ DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_secu
 MAX_TTL = timedelta(days=730)
 DEFAULT_GRACE = timedelta(hours=24)
 MAX_GRACE = timedelta(days=30)
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 # Writing last-use on every call would turn each call into a write; once a minute is enough.
 LAST_USED_RESOLUTION_SECONDS = 60.0
 MAX_CACHED_KEYS = 100_000
@@ -57,19 +53,6 @@ def _iso(value: datetime | None) -> str | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def encode_cursor(key: ApiKey) -> str:
-    raw = json.dumps([key.create_time.isoformat(), key.key_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(token: str) -> Cursor:
-    try:
-        created, key_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(key_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(FieldViolation("page.page_token", "not a token this API issued")) from exc
 
 
 class ApiKeyService:
@@ -153,11 +136,11 @@ class ApiKeyService:
         self, caller: Principal, *, tenant_id: str, include_revoked: bool, page_size: int, page_token: str
     ) -> tuple[builtins.list[ApiKey], str]:
         check = FieldChecker()
-        check.require(0 <= page_size <= MAX_PAGE_SIZE, "page.page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        check_page_size(check, page_size)
         if tenant_id:
             check.require(bool(TENANT_ID.fullmatch(tenant_id)), "tenant_id", "2-63 of a-z, 0-9, '-'")
         check.raise_if_any()
-        after = decode_cursor(page_token) if page_token else None
+        after = decode_page_token(page_token) if page_token else None
         if caller.role is Role.OPERATOR:
             scope_tenant = tenant_id or None
         elif caller.role is Role.PROVIDER:
@@ -167,11 +150,14 @@ class ApiKeyService:
         else:
             caller.require_role(Role.OPERATOR, Role.PROVIDER)
             raise AssertionError("unreachable")
-        limit = page_size or DEFAULT_PAGE_SIZE
+        limit = page_limit(page_size)
         keys = await self._store.list(
             tenant_id=scope_tenant, include_revoked=include_revoked, after=after, limit=limit + 1
         )
-        next_token = encode_cursor(keys[limit - 1]) if len(keys) > limit else ""
+        next_token = ""
+        if len(keys) > limit:
+            last = keys[limit - 1]
+            next_token = encode_page_token(last.create_time, last.key_id)
         return keys[:limit], next_token
 
     async def revoke(self, caller: Principal, *, key_id: str, reason: str) -> ApiKey:

@@ -10,13 +10,12 @@ from typing import Any, Protocol
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from avgate.kernel.paging import Cursor
 from avgate.kernel.principal import RegulatorScope, Role
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
 from gateway.domain import ApiKey, StoredApiKey
 from gateway.models import api_keys
-
-Cursor = tuple[datetime, str]
 
 
 class ApiKeyStore(Protocol):

@@ -28,9 +28,9 @@ import psycopg
 from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
 
 from avgate.cli.common import print_json, print_rpc_error
-from avgate.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from avgate.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_checkpoint, parse_unverified
 from avgate.ledger.merkle import ProofError, verify_consistency, verify_inclusion
-from avgate.ledger.remote import check_extends, parse_unverified, rfc3339_ms
+from avgate.ledger.remote import check_extends, rfc3339_ms
 
 RPC_TIMEOUT_SECONDS = 30
 

@@ -96,6 +96,7 @@ __all__ = [
     "key_hash",
     "open_checkpoint",
     "open_note",
+    "parse_unverified",
     "sign_checkpoint",
     "sign_note",
 ]
@@ -601,6 +602,16 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner, *cosigners: Note
     if signer.name != checkpoint.origin:
         raise NoteError(f"log key is named {signer.name!r} but the checkpoint origin is {checkpoint.origin!r}")
     return sign_note(checkpoint.body(), [signer, *cosigners])
+
+
+def parse_unverified(note: bytes) -> Checkpoint:
+    """The checkpoint in a signed note, signatures NOT checked (to learn which size to
+    ask for, or to report on a head that does not verify). Raises NoteError when the
+    note or its body is malformed."""
+    split = note.rfind(b"\n\n")
+    if split < 0:
+        raise NoteError("note has no blank line between body and signatures")
+    return Checkpoint.parse(note[: split + 1])
 
 
 def open_checkpoint(note: bytes, verifiers: Iterable[NoteVerifier]) -> Checkpoint:

@@ -22,7 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from avgate.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_checkpoint
+from avgate.ledger.checkpoint import (
+    Checkpoint,
+    NoteError,
+    NoteVerifier,
+    open_checkpoint,
+)
 from avgate.ledger.merkle import ProofError, verify_consistency
 
 __all__ = [
@@ -33,7 +38,6 @@ __all__ = [
     "REASON_SIGNATURE",
     "CheckResult",
     "check_extends",
-    "parse_unverified",
     "rfc3339_ms",
 ]
 
@@ -105,17 +109,6 @@ def rfc3339_ms(timestamp_ms: int | None) -> str | None:
         return None
     when = datetime.datetime.fromtimestamp(timestamp_ms / 1000, tz=datetime.UTC)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_unverified(note: bytes) -> Checkpoint:
-    """The checkpoint in a signed note, signatures NOT checked (to learn which size to ask for).
-
-    Raises NoteError when the note or its body is malformed.
-    """
-    split = note.rfind(b"\n\n")
-    if split < 0:
-        raise NoteError("note has no blank line between body and signatures")
-    return Checkpoint.parse(note[: split + 1])
 
 
 def _open(note: bytes, verifiers: Sequence[NoteVerifier], which: str) -> Checkpoint | str:

@@ -71,6 +71,7 @@ from avgate.ledger.checkpoint import (
     NoteVerifier,
     UnverifiedNoteError,
     open_note,
+    parse_unverified,
 )
 
 __all__ = [
@@ -389,17 +390,9 @@ class _WorkerProcess:
             await proc.wait()
 
 
-def _body_of(note: bytes) -> bytes | None:
-    split = note.rfind(b"\n\n")
-    return note[: split + 1] if split >= 0 else None
-
-
 def _parse_unverified(note: bytes) -> Checkpoint | None:
-    body = _body_of(note)
-    if body is None:
-        return None
     try:
-        return Checkpoint.parse(body)
+        return parse_unverified(note)
     except NoteError:
         return None
 

@@ -22,10 +22,7 @@ services.reporting.__main__).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +37,7 @@ from avgate.kernel.errors import (
     InvalidArgument,
     NotFound,
 )
+from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry, contains_personal_data
 from services.reporting.domain import (
@@ -66,14 +64,12 @@ from services.reporting.domain import (
     region_prefix,
     report_bytes,
 )
-from services.reporting.store import Cursor, IncidentStore
+from services.reporting.store import IncidentStore
 
 MAX_BATCH = 100
 MAX_FACTS = 10_000
 MAX_ITEMS = 100
 MAX_NOTE = 2000
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
 
 
@@ -97,19 +93,6 @@ class BatchOutcome:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def encode_cursor(incident: Incident) -> str:
-    raw = json.dumps([incident.create_time.isoformat(), incident.incident_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def decode_cursor(token: str) -> Cursor:
-    try:
-        created, incident_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(incident_id)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(FieldViolation("page.page_token", "not a token this API issued")) from exc
 
 
 def _text(check: FieldChecker, value: str, path: str, *, required: bool, max_length: int) -> None:
@@ -363,7 +346,7 @@ class IncidentService:
     ) -> tuple[builtins.list[Incident], str]:
         caller.require_role(Role.PROVIDER, Role.REGULATOR, Role.OPERATOR)
         check = FieldChecker()
-        check.require(0 <= page_size <= MAX_PAGE_SIZE, "page.page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+        check_page_size(check, page_size)
         for i, department in enumerate(incident_filter.departments):
             check.require(department in DEPARTMENTS, f"filter.departments[{i}]", "not a known department")
         for i, code in enumerate(incident_filter.region_codes):
@@ -371,14 +354,14 @@ class IncidentService:
         for i, tenant in enumerate(incident_filter.tenant_ids):
             check.require(bool(TENANT_ID.fullmatch(tenant)), f"filter.tenant_ids[{i}]", "2-63 of a-z, 0-9, '-'")
         check.raise_if_any()
-        after = decode_cursor(page_token) if page_token else None
+        after = decode_page_token(page_token) if page_token else None
         query = self._query(caller, incident_filter)
         if query is None:
             return [], ""
-        limit = page_size or DEFAULT_PAGE_SIZE
+        limit = page_limit(page_size)
         found = await self._store.list(query, after=after, limit=limit + 1)
         page = found[:limit]
-        next_token = encode_cursor(page[-1]) if len(found) > limit else ""
+        next_token = encode_page_token(page[-1].create_time, page[-1].incident_id) if len(found) > limit else ""
         if caller.effective.role is Role.REGULATOR and page:
             # One entry per page read, not one per incident.
             await self._store.record(

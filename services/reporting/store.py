@@ -21,6 +21,7 @@ from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from avgate.kernel.outbox import OutboxEvent, enqueue
+from avgate.kernel.paging import Cursor
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
 from services.reporting.domain import (
@@ -44,7 +45,6 @@ from services.reporting.domain import (
 from services.reporting.models import incidents
 
 SCHEMA = "reporting"
-Cursor = tuple[datetime, str]
 """(create_time, incident_id) of the last incident of a page; listings run newest first."""
 
 
