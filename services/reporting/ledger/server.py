@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from avgate.kernel.convert import timestamp
 from avgate.kernel.errors import FieldViolation, InvalidArgument, NotFound
 from avgate.kernel.principal import Role, current_principal
-from avgate.ledger.checkpoint import Checkpoint, NoteVerifier, open_note
+from avgate.ledger.checkpoint import Checkpoint, NoteVerifier, Signature, UnverifiedNoteError, open_note
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.ledger.store import Head, LedgerReader
 
@@ -25,12 +25,23 @@ MAX_ENTRIES_PER_PAGE = 1000
 class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
     def __init__(self, reader: LedgerReader):
         self._reader = reader
+        # The published keys change only on rotation: read them once, again when a head
+        # names a key not yet seen.
+        self._known: list[NoteVerifier] | None = None
 
-    async def _verifiers(self) -> list[NoteVerifier]:
-        return [NoteVerifier.from_vkey(k.vkey) for k in await self._reader.signing_keys()]
+    async def _verifiers(self, *, refresh: bool = False) -> list[NoteVerifier]:
+        if self._known is None or refresh:
+            self._known = [NoteVerifier.from_vkey(k.vkey) for k in await self._reader.signing_keys()]
+        return self._known
+
+    async def _open(self, note: bytes) -> tuple[bytes, list[Signature]]:
+        try:
+            return open_note(note, await self._verifiers())
+        except UnverifiedNoteError:
+            return open_note(note, await self._verifiers(refresh=True))
 
     async def _head_proto(self, head: Head) -> reporting_pb2.SignedTreeHead:
-        body, signatures = open_note(head.checkpoint, await self._verifiers())
+        body, signatures = await self._open(head.checkpoint)
         checkpoint = Checkpoint.parse(body)
         message = reporting_pb2.SignedTreeHead(
             checkpoint=head.checkpoint,
