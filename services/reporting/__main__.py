@@ -21,12 +21,15 @@ from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import FileAuthority, ReportingSettings
 from services.reporting.domain import RoutingRules
+from services.reporting.feed.server import RegulatorFeedServicer
+from services.reporting.feed.service import FeedService
+from services.reporting.feed.store import SqlFeedStore
 from services.reporting.incidents import IncidentService
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
 from services.reporting.ledger.store import LedgerReader
-from services.reporting.server import IncidentServicer, registrations
-from services.reporting.store import SCHEMA, SqlIncidentStore
+from services.reporting.server import IncidentServicer, incident_payload, registrations
+from services.reporting.store import SCHEMA, FeedWriter, SqlIncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +114,12 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
         except (ValueError, OSError) as exc:
             sys.exit(f"reporting: {exc}")
     engine = create_engine_for(url)
-    incidents = IncidentService(SqlIncidentStore(engine), routing)
+    incidents = IncidentService(SqlIncidentStore(engine, FeedWriter(incident_payload)), routing)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
+    ledger_reader = LedgerReader(pool)
+    ledger_servicer = AuditLedgerServicer(ledger_reader)
+    feed = RegulatorFeedServicer(FeedService(SqlFeedStore(engine), ledger_reader), ledger_servicer)
     background = []
     if settings.sequencer_enabled:
         target = sequencer_url(settings)
@@ -135,7 +141,7 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
 
     return service_process(
         settings,
-        registrations(AuditLedgerServicer(LedgerReader(pool)), IncidentServicer(incidents)),
+        registrations(ledger_servicer, IncidentServicer(incidents), feed),
         background=background,
         on_shutdown=[close],
         registry=registry,

@@ -113,6 +113,56 @@ def _identifier(check: FieldChecker, value: str, path: str, *, max_length: int =
         check.add(path, PERSONAL_DATA)
 
 
+def check_filter(check: FieldChecker, f: IncidentFilter, prefix: str) -> None:
+    """Field violations of a caller's incident filter (listings and the feed)."""
+    for i, department in enumerate(f.departments):
+        check.require(department in DEPARTMENTS, f"{prefix}departments[{i}]", "not a known department")
+    for i, code in enumerate(f.region_codes):
+        check.require(bool(REGION_CODE.fullmatch(code)), f"{prefix}region_codes[{i}]", "must be a 6-digit code")
+    for i, tenant in enumerate(f.tenant_ids):
+        check.require(bool(TENANT_ID.fullmatch(tenant)), f"{prefix}tenant_ids[{i}]", "2-63 of a-z, 0-9, '-'")
+    if f.created_from is not None and f.created_before is not None:
+        check.require(f.created_before > f.created_from, f"{prefix}create_time_range", "end must be after start")
+
+
+def scoped_query(caller: Principal, f: IncidentFilter) -> IncidentQuery | None:
+    """The caller's filter narrowed to what it may see; None when that is nothing (listings and the feed)."""
+    effective = caller.effective
+    tenant_ids: tuple[str, ...] | None = f.tenant_ids or None
+    departments: tuple[str, ...] | None = f.departments or None
+    region_sets: list[tuple[str, ...]] = []
+    if f.region_codes:
+        region_sets.append(tuple(region_prefix(c) for c in f.region_codes))
+    if effective.role is Role.PROVIDER:
+        tenant = caller.require_tenant()
+        if tenant_ids is not None and tenant not in tenant_ids:
+            return None
+        tenant_ids = (tenant,)
+    elif effective.role is Role.REGULATOR:
+        scope = effective.regulator_scope
+        if scope is None or not scope.departments or not scope.region_codes:
+            return None
+        allowed = tuple(d for d in scope.departments if departments is None or d in departments)
+        if not allowed:
+            return None
+        departments = allowed
+        prefixes = tuple(region_prefix(c) for c in scope.region_codes)
+        if "" not in prefixes:
+            region_sets.append(prefixes)
+    return IncidentQuery(
+        tenant_ids=tenant_ids,
+        departments=departments,
+        region_prefix_sets=tuple(s for s in region_sets if "" not in s),
+        categories=f.categories or None,
+        statuses=f.statuses or None,
+        sources=f.sources or None,
+        created_from=f.created_from,
+        created_before=f.created_before,
+        content_id=f.content_id or None,
+        user_id=f.user_id or None,
+    )
+
+
 class IncidentService:
     def __init__(self, store: IncidentStore, routing: RoutingRules | None = None, clock: Callable[[], datetime] = _now):
         self._store = store
@@ -347,15 +397,10 @@ class IncidentService:
         caller.require_role(Role.PROVIDER, Role.REGULATOR, Role.OPERATOR)
         check = FieldChecker()
         check_page_size(check, page_size)
-        for i, department in enumerate(incident_filter.departments):
-            check.require(department in DEPARTMENTS, f"filter.departments[{i}]", "not a known department")
-        for i, code in enumerate(incident_filter.region_codes):
-            check.require(bool(REGION_CODE.fullmatch(code)), f"filter.region_codes[{i}]", "must be a 6-digit code")
-        for i, tenant in enumerate(incident_filter.tenant_ids):
-            check.require(bool(TENANT_ID.fullmatch(tenant)), f"filter.tenant_ids[{i}]", "2-63 of a-z, 0-9, '-'")
+        check_filter(check, incident_filter, "filter.")
         check.raise_if_any()
         after = decode_page_token(page_token) if page_token else None
-        query = self._query(caller, incident_filter)
+        query = scoped_query(caller, incident_filter)
         if query is None:
             return [], ""
         limit = page_limit(page_size)
@@ -376,43 +421,6 @@ class IncidentService:
                 )
             )
         return page, next_token
-
-    def _query(self, caller: Principal, f: IncidentFilter) -> IncidentQuery | None:
-        """The caller's filter narrowed to what it may see; None when that is nothing."""
-        effective = caller.effective
-        tenant_ids: tuple[str, ...] | None = f.tenant_ids or None
-        departments: tuple[str, ...] | None = f.departments or None
-        region_sets: list[tuple[str, ...]] = []
-        if f.region_codes:
-            region_sets.append(tuple(region_prefix(c) for c in f.region_codes))
-        if effective.role is Role.PROVIDER:
-            tenant = caller.require_tenant()
-            if tenant_ids is not None and tenant not in tenant_ids:
-                return None
-            tenant_ids = (tenant,)
-        elif effective.role is Role.REGULATOR:
-            scope = effective.regulator_scope
-            if scope is None or not scope.departments or not scope.region_codes:
-                return None
-            allowed = tuple(d for d in scope.departments if departments is None or d in departments)
-            if not allowed:
-                return None
-            departments = allowed
-            prefixes = tuple(region_prefix(c) for c in scope.region_codes)
-            if "" not in prefixes:
-                region_sets.append(prefixes)
-        return IncidentQuery(
-            tenant_ids=tenant_ids,
-            departments=departments,
-            region_prefix_sets=tuple(s for s in region_sets if "" not in s),
-            categories=f.categories or None,
-            statuses=f.statuses or None,
-            sources=f.sources or None,
-            created_from=f.created_from,
-            created_before=f.created_before,
-            content_id=f.content_id or None,
-            user_id=f.user_id or None,
-        )
 
     @staticmethod
     def _may_see(caller: Principal, incident: Incident) -> bool:

@@ -1,12 +1,14 @@
-"""Tables of the reporting schema: incidents and the outbox of reports to the authorities."""
+"""Tables of the reporting schema: incidents, the regulator feed and the outbox of reports to the authorities."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Index,
     LargeBinary,
     MetaData,
@@ -15,6 +17,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -65,6 +69,34 @@ incidents = Table(
     # Listings run newest first, within a tenant (providers) or across tenants (regulators).
     Index("incidents_tenant_create_time", "tenant_id", "create_time", "incident_id"),
     Index("incidents_create_time", "create_time", "incident_id"),
+)
+
+# The regulator feed: one row per incident change, written in the change's own
+# transaction. Feed order is (txid, id): the writing transaction's id, then the
+# row's. Readers return only rows of transactions older than every transaction
+# still running (txid below the snapshot's xmin), so no row can later appear
+# before a cursor already handed out: resuming after a cursor is exact.
+# The incident is stored as it was at this change, as its serialized
+# avgate.reporting.v1.Incident, so streaming it costs no conversion.
+feed_items = Table(
+    "feed_items",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("txid", BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")),
+    Column("kind", String(24), nullable=False),
+    Column("incident_id", String(40), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("category", String(40), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("route_departments", ARRAY(String(32)), nullable=False),
+    Column("route_regions", ARRAY(String(6)), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("publish_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("payload", LargeBinary, nullable=False),
+    CheckConstraint("kind in ('incident_created', 'incident_updated')", name="feed_items_kind_known"),
+    Index("feed_items_order", "txid", "id"),
+    Index("feed_items_incident", "incident_id", "id"),
 )
 
 outbox = outbox_table(metadata)

@@ -7,6 +7,7 @@ UNIMPLEMENTED until their issue lands, behind the same principal verification.
 from __future__ import annotations
 
 import enum
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -42,6 +43,7 @@ from services.reporting.ledger.server import AuditLedgerServicer
 
 AUDIT_LEDGER = "avgate.reporting.v1.AuditLedgerService"
 INCIDENTS = "avgate.reporting.v1.IncidentService"
+FEED = "avgate.reporting.v1.RegulatorFeedService"
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -144,25 +146,30 @@ def incident_input_from_proto(message: reporting_pb2.IncidentInput) -> IncidentI
 
 
 def filter_from_proto(request: reporting_pb2.ListIncidentsRequest) -> IncidentFilter:
-    f = request.filter
+    return replace(
+        incident_filter_from_proto(request.filter, "filter."),
+        content_id=request.content_id,
+        user_id=request.user.user_id if request.HasField("user") else "",
+    )
+
+
+def incident_filter_from_proto(f: reporting_pb2.IncidentFilter, prefix: str) -> IncidentFilter:
     departments = []
     for i, number in enumerate(f.departments):
         name = _name_from(*_DEPARTMENT, number)
         if name is None:
-            raise InvalidArgument(FieldViolation(f"filter.departments[{i}]", "not a known department"))
+            raise InvalidArgument(FieldViolation(f"{prefix}departments[{i}]", "not a known department"))
         departments.append(name)
     time_range = f.create_time_range
     return IncidentFilter(
-        categories=_enum_list(IncidentCategory, *_CATEGORY, f.categories, "filter.categories"),
+        categories=_enum_list(IncidentCategory, *_CATEGORY, f.categories, f"{prefix}categories"),
         departments=tuple(departments),
         region_codes=tuple(f.region_codes),
         tenant_ids=tuple(f.tenant_ids),
-        statuses=_enum_list(IncidentStatus, *_STATUS, f.statuses, "filter.statuses"),
-        sources=_enum_list(IncidentSource, *_SOURCE, f.sources, "filter.sources"),
+        statuses=_enum_list(IncidentStatus, *_STATUS, f.statuses, f"{prefix}statuses"),
+        sources=_enum_list(IncidentSource, *_SOURCE, f.sources, f"{prefix}sources"),
         created_from=_time_from(time_range, "start_time") if f.HasField("create_time_range") else None,
         created_before=_time_from(time_range, "end_time") if f.HasField("create_time_range") else None,
-        content_id=request.content_id,
-        user_id=request.user.user_id if request.HasField("user") else "",
     )
 
 
@@ -239,6 +246,11 @@ def incident_to_proto(incident: Incident) -> reporting_pb2.Incident:
     return message
 
 
+def incident_payload(incident: Incident) -> bytes:
+    """The feed's stored form of an incident (services.reporting.store.FeedWriter)."""
+    return incident_to_proto(incident).SerializeToString()
+
+
 def _aborted() -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.ABORTED, message="valid, but not applied because another item failed")
 
@@ -305,13 +317,18 @@ class IncidentServicer(reporting_pb2_grpc.IncidentServiceServicer):
         return reporting_pb2.AcknowledgeIncidentResponse(incident=incident_to_proto(incident))
 
 
-def registrations(ledger: AuditLedgerServicer, incidents: IncidentServicer) -> list[ServiceRegistration]:
-    real = {AUDIT_LEDGER, INCIDENTS}
+def registrations(
+    ledger: AuditLedgerServicer,
+    incidents: IncidentServicer,
+    feed: reporting_pb2_grpc.RegulatorFeedServiceServicer,
+) -> list[ServiceRegistration]:
+    real = {AUDIT_LEDGER, INCIDENTS, FEED}
     others = [
         r for r in unimplemented_registrations(reporting_pb2, reporting_pb2_grpc) if not real & set(r.service_names)
     ]
     return [
         ServiceRegistration(ledger, reporting_pb2_grpc.add_AuditLedgerServiceServicer_to_server, [AUDIT_LEDGER]),
         ServiceRegistration(incidents, reporting_pb2_grpc.add_IncidentServiceServicer_to_server, [INCIDENTS]),
+        ServiceRegistration(feed, reporting_pb2_grpc.add_RegulatorFeedServiceServicer_to_server, [FEED]),
         *others,
     ]

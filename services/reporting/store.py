@@ -1,23 +1,25 @@
 """Where incidents live: a small interface, its SQL implementation and an
 in-memory fake for unit tests (both pass one contract suite).
 
-A creation writes the incident, its ledger entry and one outbox event per
-routed department in one transaction; an acknowledgement writes the change
-and its ledger entry in one transaction. Delivering the outbox events to the
+A creation writes the incident, its ledger entry, its regulator-feed item
+and one outbox event per routed department in one transaction; an
+acknowledgement writes the change, its ledger entry and its feed item in one
+transaction. Delivering the outbox events to the
 authorities is the dispatcher's job (wired in services.reporting.__main__).
 """
 
 from __future__ import annotations
 
 import builtins
+import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy.exc
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import ColumnElement, Table, TextClause, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from avgate.kernel.outbox import OutboxEvent, enqueue
@@ -42,10 +44,47 @@ from services.reporting.domain import (
     Route,
     UserRef,
 )
-from services.reporting.models import incidents
+from services.reporting.models import feed_items, incidents
 
 SCHEMA = "reporting"
 """(create_time, incident_id) of the last incident of a page; listings run newest first."""
+
+
+class FeedKind(enum.Enum):
+    INCIDENT_CREATED = "incident_created"
+    INCIDENT_UPDATED = "incident_updated"
+
+
+class FeedWriter:
+    """Writes regulator-feed items inside the caller's transaction.
+
+    `encode` turns an incident into the bytes the feed serves (the servicer's
+    serialized avgate.reporting.v1.Incident), so the store stays free of the
+    wire format and the feed streams without converting. Every change of an
+    incident that a regulator should see goes through `write`.
+    """
+
+    def __init__(self, encode: Callable[[Incident], bytes]):
+        self._encode = encode
+
+    async def write(self, conn: AsyncConnection, kind: FeedKind, changed: Sequence[Incident]) -> None:
+        if not changed:
+            return
+        await conn.execute(feed_items.insert(), [self._row(kind, i) for i in changed])
+
+    def _row(self, kind: FeedKind, incident: Incident) -> dict[str, Any]:
+        return {
+            "kind": kind.value,
+            "incident_id": incident.incident_id,
+            "tenant_id": incident.tenant_id,
+            "category": incident.input.category.value if incident.input.category else "",
+            "source": incident.input.source.value if incident.input.source else "",
+            "status": incident.status.value,
+            "route_departments": list(incident.departments),
+            "route_regions": list(incident.region_codes),
+            "create_time": incident.create_time,
+            "payload": self._encode(incident),
+        }
 
 
 class IncidentStore(Protocol):
@@ -139,8 +178,9 @@ class InMemoryIncidentStore:
 
 
 class SqlIncidentStore:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, feed: FeedWriter):
         self._engine = engine
+        self._feed = feed
 
     async def add(self, new: Sequence[NewIncident]) -> None:
         if not new:
@@ -148,6 +188,7 @@ class SqlIncidentStore:
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
+                await self._feed.write(conn, FeedKind.INCIDENT_CREATED, [item.incident for item in new])
                 for item in new:
                     await ledger_append(conn, item.audit)
                     for report in item.reports:
@@ -185,28 +226,7 @@ class SqlIncidentStore:
     async def list(self, query: IncidentQuery, *, after: Cursor | None, limit: int) -> builtins.list[Incident]:
         c = incidents.c
         statement = select(incidents).order_by(c.create_time.desc(), c.incident_id.desc()).limit(limit)
-        if query.tenant_ids is not None:
-            statement = statement.where(c.tenant_id.in_(query.tenant_ids))
-        if query.departments is not None:
-            statement = statement.where(c.route_departments.overlap(list(query.departments)))
-        for n, prefixes in enumerate(query.region_prefix_sets):
-            # Prefixes are digits only (validated), so LIKE needs no escaping.
-            statement = statement.where(
-                text(
-                    f"exists (select 1 from unnest(reporting.incidents.route_regions) as r(code) "
-                    f"where r.code like any(cast(:region_patterns_{n} as text[])))"
-                ).bindparams(**{f"region_patterns_{n}": [f"{p}%" for p in prefixes]})
-            )
-        if query.categories is not None:
-            statement = statement.where(c.category.in_([x.value for x in query.categories]))
-        if query.statuses is not None:
-            statement = statement.where(c.status.in_([x.value for x in query.statuses]))
-        if query.sources is not None:
-            statement = statement.where(c.source.in_([x.value for x in query.sources]))
-        if query.created_from is not None:
-            statement = statement.where(c.create_time >= query.created_from)
-        if query.created_before is not None:
-            statement = statement.where(c.create_time < query.created_before)
+        statement = statement.where(*query_conditions(incidents, query))
         if query.content_id is not None:
             statement = statement.where(c.content.contains([{"content_id": query.content_id}]))
         if query.user_id is not None:
@@ -236,11 +256,44 @@ class SqlIncidentStore:
                 )
             )
             await ledger_append(conn, audit)
+            await self._feed.write(conn, FeedKind.INCIDENT_UPDATED, [updated])
         return updated
 
     async def record(self, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:
             await ledger_append(conn, audit)
+
+
+def query_conditions(table: Table, query: IncidentQuery) -> builtins.list[ColumnElement[bool] | TextClause]:
+    """The conditions of `query` on a table with the incident's columns (incidents, feed_items).
+
+    Content and user conditions are the incidents table's own (the feed does not carry them).
+    """
+    c = table.c
+    conditions: builtins.list[ColumnElement[bool] | TextClause] = []
+    if query.tenant_ids is not None:
+        conditions.append(c.tenant_id.in_(query.tenant_ids))
+    if query.departments is not None:
+        conditions.append(c.route_departments.overlap(list(query.departments)))
+    for n, prefixes in enumerate(query.region_prefix_sets):
+        # Prefixes are digits only (validated), so LIKE needs no escaping.
+        conditions.append(
+            text(
+                f"exists (select 1 from unnest({table.fullname}.route_regions) as r(code) "
+                f"where r.code like any(cast(:region_patterns_{n} as text[])))"
+            ).bindparams(**{f"region_patterns_{n}": [f"{p}%" for p in prefixes]})
+        )
+    if query.categories is not None:
+        conditions.append(c.category.in_([x.value for x in query.categories]))
+    if query.statuses is not None:
+        conditions.append(c.status.in_([x.value for x in query.statuses]))
+    if query.sources is not None:
+        conditions.append(c.source.in_([x.value for x in query.sources]))
+    if query.created_from is not None:
+        conditions.append(c.create_time >= query.created_from)
+    if query.created_before is not None:
+        conditions.append(c.create_time < query.created_before)
+    return conditions
 
 
 # --------------------------------------------------------------------------- rows ⇄ domain

@@ -39,7 +39,8 @@ from services.reporting.domain import (
     content_hash,
     new_incident_id,
 )
-from services.reporting.store import IncidentStore, InMemoryIncidentStore, SqlIncidentStore
+from services.reporting.server import incident_payload
+from services.reporting.store import FeedWriter, IncidentStore, InMemoryIncidentStore, SqlIncidentStore
 from tests.conftest import Database
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -57,7 +58,7 @@ async def engine(database: Database) -> AsyncIterator[AsyncEngine]:
 def store(request: pytest.FixtureRequest) -> IncidentStore:
     if request.param == "memory":
         return InMemoryIncidentStore()
-    return SqlIncidentStore(request.getfixturevalue("engine"))
+    return SqlIncidentStore(request.getfixturevalue("engine"), FeedWriter(incident_payload))
 
 
 @pytest.fixture

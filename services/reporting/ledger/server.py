@@ -40,7 +40,7 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
         except UnverifiedNoteError:
             return open_note(note, await self._verifiers(refresh=True))
 
-    async def _head_proto(self, head: Head) -> reporting_pb2.SignedTreeHead:
+    async def head_proto(self, head: Head) -> reporting_pb2.SignedTreeHead:
         body, signatures = await self._open(head.checkpoint)
         checkpoint = Checkpoint.parse(body)
         message = reporting_pb2.SignedTreeHead(
@@ -76,7 +76,7 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
     async def GetLatestTreeHead(
         self, request: reporting_pb2.GetLatestTreeHeadRequest, context: grpc.aio.ServicerContext
     ) -> reporting_pb2.GetLatestTreeHeadResponse:
-        return reporting_pb2.GetLatestTreeHeadResponse(tree_head=await self._head_proto(await self._latest()))
+        return reporting_pb2.GetLatestTreeHeadResponse(tree_head=await self.head_proto(await self._latest()))
 
     async def GetTreeHead(
         self, request: reporting_pb2.GetTreeHeadRequest, context: grpc.aio.ServicerContext
@@ -84,7 +84,7 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
         if request.tree_size == 0:
             raise InvalidArgument(FieldViolation("tree_size", "must be at least 1"))
         head = await self._head_at(request.tree_size, "tree_size")
-        return reporting_pb2.GetTreeHeadResponse(tree_head=await self._head_proto(head))
+        return reporting_pb2.GetTreeHeadResponse(tree_head=await self.head_proto(head))
 
     async def GetInclusionProof(
         self, request: reporting_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext
@@ -111,7 +111,7 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
         return reporting_pb2.GetInclusionProofResponse(
             proof=reporting_pb2.InclusionProof(leaf_index=index, tree_size=head.tree_size, audit_path=path),
             leaf_hash=await self._reader.leaf_hash(index),
-            tree_head=await self._head_proto(head),
+            tree_head=await self.head_proto(head),
         )
 
     async def GetConsistencyProof(
@@ -126,7 +126,7 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
         path = await self._reader.consistency_proof(first, second.tree_size)
         return reporting_pb2.GetConsistencyProofResponse(
             proof=reporting_pb2.ConsistencyProof(first_tree_size=first, second_tree_size=second.tree_size, path=path),
-            tree_head=await self._head_proto(second),
+            tree_head=await self.head_proto(second),
         )
 
     async def ListEntries(

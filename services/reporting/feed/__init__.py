@@ -1,0 +1,1 @@
+"""The regulator's feed: incident changes and signed tree heads in one resumable order."""

@@ -1,0 +1,420 @@
+"""RegulatorFeedService on the real reporting server (real socket, real PostgreSQL,
+its sequencer signing tree heads): resumption is exact, scope holds, the feed
+follows live, carries verifiable tree heads, and regulator access is ledgered."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from sqlalchemy import text
+
+from avgate.common.v1 import common_pb2
+from avgate.kernel import convert
+from avgate.kernel.db import create_engine_for, libpq_url, sync_engine
+from avgate.kernel.grpc.server import GrpcProcess
+from avgate.kernel.keys import SigningKey, load_private_key
+from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
+from avgate.ledger.checkpoint import NoteSigner, NoteVerifier, open_checkpoint
+from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
+from services.reporting.__main__ import compose
+from services.reporting.config import ReportingSettings
+from services.reporting.domain import IncidentFilter
+from services.reporting.feed.service import FeedRequest, FeedService
+from services.reporting.feed.store import SqlFeedStore
+from tests.conftest import Database
+from tests.integration.test_incidents_grpc import details, incident_input, provider, regulator
+
+ORIGIN = "avgate.test/feed"
+OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
+CYBERSPACE_BEIJING = regulator(("cyberspace",), ("110000",))
+
+
+@dataclass
+class Feed:
+    incidents: reporting_pb2_grpc.IncidentServiceStub
+    feed: reporting_pb2_grpc.RegulatorFeedServiceStub
+    signer: TokenSigner
+    database: Database
+    verifier: NoteVerifier
+
+    def auth(self, principal: Principal, service: str, method: str) -> tuple[tuple[str, str], ...]:
+        token = self.signer.sign(principal, audience="reporting", method=f"/avgate.reporting.v1.{service}/{method}")
+        return ((TOKEN_METADATA_KEY, token),)
+
+    def feed_auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
+        return self.auth(principal, "RegulatorFeedService", method)
+
+    async def create(self, tenant: str, item: reporting_pb2.IncidentInput) -> reporting_pb2.Incident:
+        response = await self.incidents.CreateIncident(
+            reporting_pb2.CreateIncidentRequest(incident=item),
+            metadata=self.auth(provider(tenant), "IncidentService", "CreateIncident"),
+        )
+        return response.incident
+
+    async def list_all(self, principal: Principal, **request: Any) -> list[reporting_pb2.FeedItem]:
+        """Every item after the request's cursor, page by page."""
+        items: list[reporting_pb2.FeedItem] = []
+        token = ""
+        while True:
+            response = await self.feed.ListFeed(
+                reporting_pb2.ListFeedRequest(page=common_pb2.PageRequest(page_size=7, page_token=token), **request),
+                metadata=self.feed_auth(principal, "ListFeed"),
+            )
+            items.extend(response.items)
+            token = response.page.next_page_token
+            if not token:
+                return items
+
+    def ledger_actions(self, action: str) -> list[dict[str, Any]]:
+        engine = sync_engine(self.database.admin_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text(
+                        "select convert_from(payload, 'UTF8')::jsonb from ledger.queue "
+                        "where convert_from(payload, 'UTF8')::jsonb ->> 'action' = :a"
+                    ),
+                    {"a": action},
+                ).all()
+        finally:
+            engine.dispose()
+        return [r[0] for r in rows]
+
+
+@pytest.fixture(scope="module")
+async def feed(
+    database: Database, keys_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Feed]:
+    ledger_key = tmp_path_factory.mktemp("ledger") / "ledger.skey"
+    signer = NoteSigner.generate(ORIGIN)
+    ledger_key.write_text(signer.skey() + "\n")
+    settings = ReportingSettings(
+        trusted_keys_dir=keys_dir,  # type: ignore[call-arg]
+        generate_keys=False,  # type: ignore[call-arg]
+        metrics_port=-1,
+        grpc_port=0,
+        database_url=database.url_for("reporting"),
+        sequencer_enabled=True,
+        ledger_origin=ORIGIN,
+        ledger_signing_key_file=ledger_key,
+        dispatcher_enabled=False,
+    )
+    process: GrpcProcess = await compose(settings)
+    await process.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
+    token_signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
+    try:
+        yield Feed(
+            reporting_pb2_grpc.IncidentServiceStub(channel),
+            reporting_pb2_grpc.RegulatorFeedServiceStub(channel),
+            token_signer,
+            database,
+            NoteVerifier.from_vkey(signer.vkey()),
+        )
+    finally:
+        await channel.close()
+        await process.stop()
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def only_tenant(tenant: str, **fields: Any) -> reporting_pb2.FeedFilter:
+    return reporting_pb2.FeedFilter(
+        incidents=reporting_pb2.IncidentFilter(tenant_ids=[tenant], **fields), exclude_tree_heads=True
+    )
+
+
+async def create_many(f: Feed, tenant: str, n: int, **changes: Any) -> list[str]:
+    ids = []
+    for i in range(n):
+        incident = await f.create(tenant, incident_input(f"ext-{uuid.uuid4().hex[:8]}-{i}", **changes))
+        ids.append(incident.incident_id)
+    return ids
+
+
+def incident_ids(items: list[reporting_pb2.FeedItem]) -> list[str]:
+    return [i.incident.incident_id for i in items if i.HasField("incident")]
+
+
+class TestOrderAndResumption:
+    async def test_listing_pages_returns_every_item_once_in_creation_order(self, feed: Feed, tenant: str) -> None:
+        created = await create_many(feed, tenant, 20)
+        items = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        assert incident_ids(items) == created
+        assert {i.kind for i in items} == {reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED}
+
+    async def test_listing_after_a_cursor_continues_exactly_after_it(self, feed: Feed, tenant: str) -> None:
+        created = await create_many(feed, tenant, 12)
+        items = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        after_fifth = await feed.list_all(OPERATOR, filter=only_tenant(tenant), cursor=items[4].cursor)
+        assert incident_ids(after_fifth) == created[5:]
+
+    async def test_follow_resumes_exactly_after_its_last_cursor_and_follows_live(self, feed: Feed, tenant: str) -> None:
+        created = await create_many(feed, tenant, 6)
+        request = reporting_pb2.FollowRequest(filter=only_tenant(tenant))
+        call = feed.feed.Follow(request, metadata=feed.feed_auth(CYBERSPACE_BEIJING, "Follow"))
+        seen: list[reporting_pb2.FeedItem] = []
+        async for response in call:
+            if response.HasField("item"):
+                seen.append(response.item)
+            if len(seen) == 4:
+                break
+        call.cancel()
+        assert incident_ids(seen) == created[:4]
+
+        later = await create_many(feed, tenant, 3)  # written while nobody follows
+        resumed = feed.feed.Follow(
+            reporting_pb2.FollowRequest(cursor=seen[-1].cursor, filter=only_tenant(tenant)),
+            metadata=feed.feed_auth(CYBERSPACE_BEIJING, "Follow"),
+        )
+        rest: list[reporting_pb2.FeedItem] = []
+        live: list[str] = []
+        async for response in resumed:
+            if response.HasField("item"):
+                rest.append(response.item)
+            if len(rest) == 5 and not live:
+                live = await create_many(feed, tenant, 2)  # written while following
+            if len(rest) == 7:
+                break
+        resumed.cancel()
+        assert incident_ids(rest) == created[4:] + later + live
+
+    async def test_an_item_of_a_transaction_still_running_holds_back_later_items(self, feed: Feed, tenant: str) -> None:
+        """Cursor exactness: a reader must never pass an item that can still appear before it."""
+        first = await create_many(feed, tenant, 1)
+        async with await psycopg.AsyncConnection.connect(libpq_url(feed.database.url_for("reporting"))) as slow:
+            # A transaction that started writing earlier (smaller txid) and commits later.
+            await slow.execute(
+                "insert into reporting.feed_items (kind, incident_id, tenant_id, category, source, status, "
+                "route_departments, route_regions, create_time, payload) "
+                "values ('incident_created', 'inc-slow', %s, 'other', 'provider', 'recorded', "
+                "'{cyberspace}', '{110105}', now(), ''::bytea)",
+                (tenant,),
+            )
+            later = await create_many(feed, tenant, 1)
+            before_commit = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+            assert incident_ids(before_commit) == first, "the later commit must wait for the earlier transaction"
+            await slow.commit()
+        after_commit = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        # The slow transaction's item (an empty payload) comes first: its transaction began first.
+        assert incident_ids(after_commit) == [*first, "", *later]
+
+    async def test_an_acknowledgement_is_an_update_item_with_the_incident_as_of_then(
+        self, feed: Feed, tenant: str
+    ) -> None:
+        (incident_id,) = await create_many(feed, tenant, 1)
+        await feed.incidents.AcknowledgeIncident(
+            reporting_pb2.AcknowledgeIncidentRequest(incident_id=incident_id, note="seen"),
+            metadata=feed.auth(CYBERSPACE_BEIJING, "IncidentService", "AcknowledgeIncident"),
+        )
+        items = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        assert [i.kind for i in items] == [
+            reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED,
+            reporting_pb2.FEED_ITEM_KIND_INCIDENT_UPDATED,
+        ]
+        assert items[0].incident.status == reporting_pb2.INCIDENT_STATUS_RECORDED
+        assert items[1].incident.status == reporting_pb2.INCIDENT_STATUS_ACKNOWLEDGED
+        assert items[1].incident.acknowledgements[0].note == "seen"
+
+
+class TestScopeAndFilters:
+    async def test_a_regulator_sees_only_its_departments_and_regions(self, feed: Feed, tenant: str) -> None:
+        beijing = await create_many(feed, tenant, 2, region_code="110105")
+        shanghai = await create_many(feed, tenant, 2, region_code="310101")
+        rumor = await create_many(
+            feed,
+            tenant,
+            1,
+            category=reporting_pb2.INCIDENT_CATEGORY_RUMOR,
+            prohibited_type=0,
+            region_code="110105",
+        )
+        # Prohibited content goes to cyberspace and radio/television; rumours to cyberspace only.
+        assert incident_ids(await feed.list_all(CYBERSPACE_BEIJING, filter=only_tenant(tenant))) == beijing + rumor
+        radio_shanghai = regulator(("radio_television",), ("310000",))
+        assert incident_ids(await feed.list_all(radio_shanghai, filter=only_tenant(tenant))) == shanghai
+        culture_national = regulator(("culture_tourism",), ("000000",))
+        assert incident_ids(await feed.list_all(culture_national, filter=only_tenant(tenant))) == []
+
+    async def test_get_of_an_item_outside_scope_is_not_found(self, feed: Feed, tenant: str) -> None:
+        await create_many(feed, tenant, 1, region_code="310101")
+        (item,) = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        got = await feed.feed.GetFeedItem(
+            reporting_pb2.GetFeedItemRequest(cursor=item.cursor), metadata=feed.feed_auth(OPERATOR, "GetFeedItem")
+        )
+        assert got.item == item
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await feed.feed.GetFeedItem(
+                reporting_pb2.GetFeedItemRequest(cursor=item.cursor),
+                metadata=feed.feed_auth(CYBERSPACE_BEIJING, "GetFeedItem"),
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def test_providers_have_no_feed(self, feed: Feed, tenant: str) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await feed.feed.ListFeed(
+                reporting_pb2.ListFeedRequest(), metadata=feed.feed_auth(provider(tenant), "ListFeed")
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    async def test_category_and_time_filters(self, feed: Feed, tenant: str) -> None:
+        prohibited = await create_many(feed, tenant, 2)
+        rumor = await create_many(feed, tenant, 1, category=reporting_pb2.INCIDENT_CATEGORY_RUMOR, prohibited_type=0)
+        by_category = await feed.list_all(
+            OPERATOR, filter=only_tenant(tenant, categories=[reporting_pb2.INCIDENT_CATEGORY_RUMOR])
+        )
+        assert incident_ids(by_category) == rumor
+        future = datetime.now(UTC) + timedelta(hours=1)
+        window = common_pb2.TimeRange(start_time=convert.timestamp(future))
+        assert await feed.list_all(OPERATOR, filter=only_tenant(tenant, create_time_range=window)) == []
+        assert len(prohibited) == 2
+
+    async def test_a_cursor_not_handed_out_is_invalid_argument_naming_the_field(self, feed: Feed) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await feed.feed.ListFeed(
+                reporting_pb2.ListFeedRequest(cursor="bm90LWEtY3Vyc29y"), metadata=feed.feed_auth(OPERATOR, "ListFeed")
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        (bad_request,) = details(caught.value, error_details_pb2.BadRequest)
+        assert [v.field for v in bad_request.field_violations] == ["cursor"]
+
+
+class TestTreeHeadsHeartbeatsAndRecords:
+    async def test_follow_carries_signed_tree_heads_that_verify(self, feed: Feed, tenant: str) -> None:
+        await create_many(feed, tenant, 1)
+        call = feed.feed.Follow(
+            reporting_pb2.FollowRequest(
+                filter=reporting_pb2.FeedFilter(incidents=reporting_pb2.IncidentFilter(tenant_ids=[tenant]))
+            ),
+            metadata=feed.feed_auth(OPERATOR, "Follow"),
+        )
+        head = None
+        async with asyncio.timeout(30):
+            async for response in call:
+                if response.HasField("item") and response.item.HasField("tree_head"):
+                    head = response.item.tree_head
+                    if head.tree_size > 0:
+                        break
+        call.cancel()
+        assert head is not None and head.tree_size > 0
+        checkpoint = open_checkpoint(head.checkpoint, [feed.verifier])
+        assert checkpoint.size == head.tree_size and checkpoint.origin == ORIGIN
+
+    async def test_an_idle_follow_sends_heartbeats_with_its_cursor(self, feed: Feed, tenant: str) -> None:
+        await create_many(feed, tenant, 1)
+        call = feed.feed.Follow(
+            reporting_pb2.FollowRequest(
+                filter=only_tenant(tenant), heartbeat_interval=duration_pb2.Duration(seconds=1)
+            ),
+            metadata=feed.feed_auth(OPERATOR, "Follow"),
+        )
+        last_item = None
+        async with asyncio.timeout(20):
+            async for response in call:
+                if response.HasField("item"):
+                    last_item = response.item
+                else:
+                    heartbeat = response.heartbeat
+                    break
+        call.cancel()
+        assert last_item is not None and heartbeat.cursor == last_item.cursor
+
+    async def test_regulator_access_is_ledgered_per_session_range_page_and_get(self, feed: Feed, tenant: str) -> None:
+        await create_many(feed, tenant, 3)
+        reg_beijing = Principal(
+            role=Role.REGULATOR,
+            subject=f"reg-{uuid.uuid4().hex[:8]}",
+            regulator_scope=CYBERSPACE_BEIJING.regulator_scope,
+        )
+
+        def mine(action: str) -> list[dict[str, Any]]:
+            return [e for e in feed.ledger_actions(action) if e["actor"]["subject"] == reg_beijing.subject]
+
+        follow = feed.feed.Follow(
+            reporting_pb2.FollowRequest(filter=only_tenant(tenant)), metadata=feed.feed_auth(reg_beijing, "Follow")
+        )
+        streamed = 0
+        async for response in follow:
+            streamed += response.HasField("item")
+            if streamed == 3:
+                break
+        follow.cancel()
+        items = await feed.list_all(reg_beijing, filter=only_tenant(tenant))
+        await feed.feed.GetFeedItem(
+            reporting_pb2.GetFeedItemRequest(cursor=items[0].cursor),
+            metadata=feed.feed_auth(reg_beijing, "GetFeedItem"),
+        )
+
+        async def recorded() -> bool:
+            return bool(mine("feed.range"))
+
+        async with asyncio.timeout(10):
+            while not await recorded():
+                await asyncio.sleep(0.1)
+        assert len(mine("feed.follow")) == 1
+        (ranged,) = mine("feed.range")
+        assert ranged["data"]["count"] == 3
+        assert len(mine("feed.list")) == 1  # 3 items fit one page of 7
+        assert len(mine("feed.get")) == 1
+
+
+class _CountingStore:
+    """The real store, counting what the feed asked it for."""
+
+    def __init__(self, inner: SqlFeedStore):
+        self.inner = inner
+        self.pages = 0
+        self.rows = 0
+
+    async def page(self, query: Any, *, after: tuple[int, int], limit: int) -> list[Any]:
+        rows = await self.inner.page(query, after=after, limit=limit)
+        self.pages += 1
+        self.rows += len(rows)
+        return rows
+
+    async def get(self, query: Any, txid: int, item_id: int) -> Any:
+        return await self.inner.get(query, txid, item_id)
+
+    async def record(self, audit: Any) -> None:
+        await self.inner.record(audit)
+
+
+class _NoHeads:
+    async def latest_head(self) -> None:
+        return None
+
+    async def head(self, tree_size: int) -> None:
+        return None
+
+
+async def test_a_slow_reader_holds_one_page_and_reads_on_at_its_own_pace(feed: Feed, tenant: str) -> None:
+    await create_many(feed, tenant, 25)
+    engine = create_engine_for(feed.database.url_for("reporting"), pool_size=2)
+    try:
+        store = _CountingStore(SqlFeedStore(engine))
+        service = FeedService(store, _NoHeads(), follow_page=10, poll_interval=0.05)
+        stream = await service.follow(OPERATOR, FeedRequest(IncidentFilter(tenant_ids=(tenant,))), cursor="")
+        for _ in range(3):
+            await anext(stream)
+        await asyncio.sleep(0.3)  # the reader stalls: nothing more is fetched meanwhile
+        assert (store.pages, store.rows) == (1, 10)
+        for _ in range(10):
+            await anext(stream)
+        assert (store.pages, store.rows) == (2, 20)
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
