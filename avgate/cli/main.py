@@ -166,9 +166,10 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--grace-hours", type=float)
     keys.set_defaults(func=cmd_keys)
 
-    from avgate.cli import bench, ledger, outbox
+    from avgate.cli import bench, feed, ledger, outbox
 
     ledger.add_parser(sub)
+    feed.add_parser(sub)
     outbox.add_parser(sub)
     bench.add_parser(sub)
     return p
