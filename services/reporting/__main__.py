@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
@@ -21,6 +22,8 @@ from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import FileAuthority, ReportingSettings
 from services.reporting.domain import RoutingRules
+from services.reporting.feed.export_store import SqlExportStore
+from services.reporting.feed.exports import ExportBuilder, ExportService
 from services.reporting.feed.server import RegulatorFeedServicer
 from services.reporting.feed.service import FeedService
 from services.reporting.feed.store import SqlFeedStore
@@ -114,12 +117,18 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
         except (ValueError, OSError) as exc:
             sys.exit(f"reporting: {exc}")
     engine = create_engine_for(url)
-    incidents = IncidentService(SqlIncidentStore(engine, FeedWriter(incident_payload)), routing)
+    incident_store = SqlIncidentStore(engine, FeedWriter(incident_payload))
+    incidents = IncidentService(incident_store, routing)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     ledger_reader = LedgerReader(pool)
     ledger_servicer = AuditLedgerServicer(ledger_reader)
-    feed = RegulatorFeedServicer(FeedService(SqlFeedStore(engine), ledger_reader), ledger_servicer)
+    export_store = SqlExportStore(engine)
+    feed = RegulatorFeedServicer(
+        FeedService(SqlFeedStore(engine), ledger_reader),
+        ExportService(export_store, settings.own_export_dir),
+        ledger_servicer,
+    )
     background = []
     if settings.sequencer_enabled:
         target = sequencer_url(settings)
@@ -134,6 +143,16 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
         background.append(sequencer.run)
     if dispatcher is not None:
         background.append(dispatcher.run)
+    if settings.export_builder_enabled:
+        builder = ExportBuilder(
+            export_store,
+            incident_store,
+            ledger_reader,
+            delivery_signer(settings),
+            settings.own_export_dir,
+            ttl=timedelta(hours=settings.export_ttl_hours),
+        )
+        background.append(builder.run)
 
     async def close() -> None:
         await pool.close()

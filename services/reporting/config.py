@@ -60,6 +60,15 @@ class ReportingSettings(ProcessSettings):
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
 
+    # Signed export bundles: where their files are kept and for how long; the builder runs in this process.
+    export_dir: pathlib.Path | None = None
+    export_ttl_hours: float = Field(default=168.0, gt=0)
+    export_builder_enabled: bool = True
+
+    @property
+    def own_export_dir(self) -> pathlib.Path:
+        return self.export_dir or (self.state_dir / "exports")
+
     @property
     def own_ledger_key_file(self) -> pathlib.Path:
         return self.ledger_signing_key_file or (self.keys_dir / "ledger.skey")

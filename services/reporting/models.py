@@ -99,4 +99,34 @@ feed_items = Table(
     Index("feed_items_incident", "incident_id", "id"),
 )
 
+# Signed export bundles for offline handover. The requester's scope is kept
+# so the bundle is built with exactly what that regulator may see.
+exports = Table(
+    "exports",
+    metadata,
+    Column("export_id", String(40), primary_key=True),
+    Column("requested_by", Text, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("principal", JSONB, nullable=False),
+    Column("filter", JSONB, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("item_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("files", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("manifest_signature", LargeBinary),
+    Column("signing_key_name", Text, nullable=False, server_default=""),
+    Column("tree_size", BigInteger),
+    Column("checkpoint", LargeBinary),
+    Column("error", Text),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("complete_time", DateTime(timezone=True)),
+    Column("expire_time", DateTime(timezone=True)),
+    # A builder's lease (not a row lock: a transaction held open while building would hold back the feed).
+    Column("lease_until", DateTime(timezone=True)),
+    UniqueConstraint("requested_by", "request_id", name="exports_requested_by_request_id_key"),
+    CheckConstraint("state in ('pending', 'ready', 'failed', 'expired')", name="exports_state_known"),
+    Index("exports_pending", "create_time", postgresql_where=text("state = 'pending'")),
+)
+
 outbox = outbox_table(metadata)

@@ -47,6 +47,7 @@ class Feed:
     signer: TokenSigner
     database: Database
     verifier: NoteVerifier
+    settings: ReportingSettings
 
     def auth(self, principal: Principal, service: str, method: str) -> tuple[tuple[str, str], ...]:
         token = self.signer.sign(principal, audience="reporting", method=f"/avgate.reporting.v1.{service}/{method}")
@@ -61,6 +62,14 @@ class Feed:
             metadata=self.auth(provider(tenant), "IncidentService", "CreateIncident"),
         )
         return response.incident
+
+    def scalar(self, query: str, **params: Any) -> Any:
+        engine = sync_engine(self.database.admin_url)
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text(query), params).scalar_one()
+        finally:
+            engine.dispose()
 
     async def list_all(self, principal: Principal, **request: Any) -> list[reporting_pb2.FeedItem]:
         """Every item after the request's cursor, page by page."""
@@ -82,8 +91,10 @@ class Feed:
             with engine.connect() as conn:
                 rows = conn.execute(
                     text(
-                        "select convert_from(payload, 'UTF8')::jsonb from ledger.queue "
-                        "where convert_from(payload, 'UTF8')::jsonb ->> 'action' = :a"
+                        # Queued or already sequenced: the sequencer moves entries from the queue to the log.
+                        "select doc from (select convert_from(payload, 'UTF8')::jsonb as doc from ledger.queue "
+                        "union all select convert_from(payload, 'UTF8')::jsonb from ledger.entries) e "
+                        "where doc ->> 'action' = :a"
                     ),
                     {"a": action},
                 ).all()
@@ -109,6 +120,7 @@ async def feed(
         ledger_origin=ORIGIN,
         ledger_signing_key_file=ledger_key,
         dispatcher_enabled=False,
+        state_dir=tmp_path_factory.mktemp("state"),  # type: ignore[call-arg]
     )
     process: GrpcProcess = await compose(settings)
     await process.start()
@@ -121,6 +133,7 @@ async def feed(
             token_signer,
             database,
             NoteVerifier.from_vkey(signer.vkey()),
+            settings,
         )
     finally:
         await channel.close()
@@ -138,11 +151,21 @@ def only_tenant(tenant: str, **fields: Any) -> reporting_pb2.FeedFilter:
     )
 
 
-async def create_many(f: Feed, tenant: str, n: int, **changes: Any) -> list[str]:
+async def create_many(f: Feed, tenant: str, n: int, *, settle: bool = True, **changes: Any) -> list[str]:
+    """Creates n incidents; with `settle`, returns once the feed serves every item of the tenant.
+
+    The feed serves an item once every transaction older than it has ended, anywhere on the
+    PostgreSQL server; another client's transaction still running can delay it (never reorder it).
+    """
     ids = []
     for i in range(n):
         incident = await f.create(tenant, incident_input(f"ext-{uuid.uuid4().hex[:8]}-{i}", **changes))
         ids.append(incident.incident_id)
+    if settle:
+        written = f.scalar("select count(*) from reporting.feed_items where tenant_id = :t", t=tenant)
+        async with asyncio.timeout(30):
+            while len(await f.list_all(OPERATOR, filter=only_tenant(tenant))) < written:
+                await asyncio.sleep(0.1)
     return ids
 
 
@@ -205,11 +228,13 @@ class TestOrderAndResumption:
                 "'{cyberspace}', '{110105}', now(), ''::bytea)",
                 (tenant,),
             )
-            later = await create_many(feed, tenant, 1)
+            later = await create_many(feed, tenant, 1, settle=False)
             before_commit = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
             assert incident_ids(before_commit) == first, "the later commit must wait for the earlier transaction"
             await slow.commit()
-        after_commit = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        async with asyncio.timeout(30):
+            while len(after_commit := await feed.list_all(OPERATOR, filter=only_tenant(tenant))) < 3:
+                await asyncio.sleep(0.1)
         # The slow transaction's item (an empty payload) comes first: its transaction began first.
         assert incident_ids(after_commit) == [*first, "", *later]
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from google.rpc import code_pb2, status_pb2
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
 from avgate.kernel.principal import current_principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
+from services.reporting.feed.exports import Export, ExportService
 from services.reporting.feed.service import FeedItem, FeedRequest, FeedService, Heartbeat
 from services.reporting.ledger.server import AuditLedgerServicer
-from services.reporting.server import incident_filter_from_proto
+from services.reporting.server import (
+    _CATEGORY,
+    _DEPARTMENT,
+    _SOURCE,
+    _STATUS,
+    _number_of,
+    incident_filter_from_proto,
+)
 
 _KINDS = {
     "incident_created": reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED,
@@ -28,10 +37,74 @@ def feed_request_from_proto(f: reporting_pb2.FeedFilter) -> FeedRequest:
     )
 
 
+_STATES = {
+    "pending": reporting_pb2.EXPORT_STATE_PENDING,
+    "ready": reporting_pb2.EXPORT_STATE_READY,
+    "failed": reporting_pb2.EXPORT_STATE_FAILED,
+    "expired": reporting_pb2.EXPORT_STATE_EXPIRED,
+}
+_FILE_KINDS = {
+    "jsonl": reporting_pb2.EXPORT_FILE_KIND_JSONL,
+    "manifest": reporting_pb2.EXPORT_FILE_KIND_MANIFEST,
+    "checkpoint": reporting_pb2.EXPORT_FILE_KIND_CHECKPOINT,
+    "signature": reporting_pb2.EXPORT_FILE_KIND_SIGNATURE,
+}
+_FILE_KIND_NAMES = {number: name for name, number in _FILE_KINDS.items()}
+
+
+def feed_filter_to_proto(request: FeedRequest) -> reporting_pb2.FeedFilter:
+    f = request.incidents
+    message = reporting_pb2.FeedFilter(
+        incidents=reporting_pb2.IncidentFilter(
+            categories=[_number_of(*_CATEGORY, c.value) for c in f.categories],  # type: ignore[misc]
+            departments=[_number_of(*_DEPARTMENT, d) for d in f.departments],  # type: ignore[misc]
+            region_codes=list(f.region_codes),
+            tenant_ids=list(f.tenant_ids),
+            statuses=[_number_of(*_STATUS, s.value) for s in f.statuses],  # type: ignore[misc]
+            sources=[_number_of(*_SOURCE, s.value) for s in f.sources],  # type: ignore[misc]
+        ),
+        exclude_tree_heads=request.exclude_tree_heads,
+    )
+    if f.created_from is not None or f.created_before is not None:
+        message.incidents.create_time_range.CopyFrom(
+            common_pb2.TimeRange(
+                start_time=convert.timestamp(f.created_from), end_time=convert.timestamp(f.created_before)
+            )
+        )
+    return message
+
+
 class RegulatorFeedServicer(reporting_pb2_grpc.RegulatorFeedServiceServicer):
-    def __init__(self, feed: FeedService, ledger: AuditLedgerServicer):
+    def __init__(self, feed: FeedService, exports: ExportService, ledger: AuditLedgerServicer):
         self._feed = feed
+        self._exports = exports
         self._ledger = ledger
+
+    async def _export(self, export: Export) -> reporting_pb2.ExportBundle:
+        message = reporting_pb2.ExportBundle(
+            export_id=export.export_id,
+            filter=feed_filter_to_proto(export.request),
+            state=_STATES[export.state],
+            files=[
+                reporting_pb2.ExportFile(
+                    kind=_FILE_KINDS[f.kind], name=f.name, sha256=f.sha256, size_bytes=f.size_bytes
+                )
+                for f in export.files
+            ],
+            item_count=export.item_count,
+            manifest_signature=export.manifest_signature,
+            signing_key_name=export.signing_key_name,
+            requested_by=export.requested_by,
+            create_time=convert.timestamp(export.create_time),
+            complete_time=convert.timestamp(export.complete_time),
+            expire_time=convert.timestamp(export.expire_time),
+        )
+        if export.checkpoint:
+            head = await self._ledger.checkpoint_proto(export.checkpoint)
+            message.tree_head.CopyFrom(head)
+        if export.error:
+            message.error.CopyFrom(status_pb2.Status(code=code_pb2.INTERNAL, message=export.error))
+        return message
 
     async def _item(self, item: FeedItem) -> reporting_pb2.FeedItem:
         message = reporting_pb2.FeedItem(
@@ -80,3 +153,26 @@ class RegulatorFeedServicer(reporting_pb2_grpc.RegulatorFeedServiceServicer):
     ) -> reporting_pb2.GetFeedItemResponse:
         item = await self._feed.get(current_principal(), request.cursor)
         return reporting_pb2.GetFeedItemResponse(item=await self._item(item))
+
+    async def CreateExport(
+        self, request: reporting_pb2.CreateExportRequest, context: grpc.aio.ServicerContext
+    ) -> reporting_pb2.CreateExportResponse:
+        export = await self._exports.create(
+            current_principal(), request.request_id, feed_request_from_proto(request.filter)
+        )
+        return reporting_pb2.CreateExportResponse(export=await self._export(export))
+
+    async def GetExport(
+        self, request: reporting_pb2.GetExportRequest, context: grpc.aio.ServicerContext
+    ) -> reporting_pb2.GetExportResponse:
+        export = await self._exports.get(current_principal(), request.export_id)
+        return reporting_pb2.GetExportResponse(export=await self._export(export))
+
+    async def DownloadExport(
+        self, request: reporting_pb2.DownloadExportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[reporting_pb2.DownloadExportResponse]:
+        chunks = await self._exports.download(
+            current_principal(), request.export_id, _FILE_KIND_NAMES.get(request.file), request.offset
+        )
+        async for offset, chunk in chunks:
+            yield reporting_pb2.DownloadExportResponse(offset=offset, chunk=chunk)

@@ -41,10 +41,14 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
             return open_note(note, await self._verifiers(refresh=True))
 
     async def head_proto(self, head: Head) -> reporting_pb2.SignedTreeHead:
-        body, signatures = await self._open(head.checkpoint)
+        return await self.checkpoint_proto(head.checkpoint)
+
+    async def checkpoint_proto(self, note: bytes) -> reporting_pb2.SignedTreeHead:
+        """A signed checkpoint of this log as the proto (its signatures checked against the published keys)."""
+        body, signatures = await self._open(note)
         checkpoint = Checkpoint.parse(body)
         message = reporting_pb2.SignedTreeHead(
-            checkpoint=head.checkpoint,
+            checkpoint=note,
             origin=checkpoint.origin,
             tree_size=checkpoint.size,
             root_hash=checkpoint.root_hash,

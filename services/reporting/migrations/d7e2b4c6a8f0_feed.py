@@ -1,4 +1,4 @@
-"""The regulator feed: one row per incident change, in visibility order.
+"""The regulator feed (one row per incident change, in visibility order) and signed exports.
 
 Revision ID: d7e2b4c6a8f0
 Revises: b3e5d1a7c902
@@ -41,6 +41,40 @@ def upgrade() -> None:
     op.create_index("feed_items_order", "feed_items", ["txid", "id"], schema="reporting")
     op.create_index("feed_items_incident", "feed_items", ["incident_id", "id"], schema="reporting")
 
+    op.create_table(
+        "exports",
+        sa.Column("export_id", sa.String(40), primary_key=True),
+        sa.Column("requested_by", sa.Text(), nullable=False),
+        sa.Column("request_id", sa.String(128), nullable=False),
+        sa.Column("request_hash", sa.LargeBinary(32), nullable=False),
+        sa.Column("principal", postgresql.JSONB(), nullable=False),
+        sa.Column("filter", postgresql.JSONB(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("item_count", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.Column("files", postgresql.JSONB(), nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("manifest_signature", sa.LargeBinary()),
+        sa.Column("signing_key_name", sa.Text(), nullable=False, server_default=""),
+        sa.Column("tree_size", sa.BigInteger()),
+        sa.Column("checkpoint", sa.LargeBinary()),
+        sa.Column("error", sa.Text()),
+        sa.Column("ledger_entry_id", sa.Uuid(), nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("complete_time", sa.DateTime(timezone=True)),
+        sa.Column("expire_time", sa.DateTime(timezone=True)),
+        sa.Column("lease_until", sa.DateTime(timezone=True)),
+        sa.UniqueConstraint("requested_by", "request_id", name="exports_requested_by_request_id_key"),
+        sa.CheckConstraint("state in ('pending', 'ready', 'failed', 'expired')", name="exports_state_known"),
+        schema="reporting",
+    )
+    op.create_index(
+        "exports_pending",
+        "exports",
+        ["create_time"],
+        schema="reporting",
+        postgresql_where=sa.text("state = 'pending'"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("exports", schema="reporting")
     op.drop_table("feed_items", schema="reporting")

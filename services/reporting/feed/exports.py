@@ -1,0 +1,421 @@
+"""Signed export bundles for offline handover to a regulator.
+
+A regulator (or operator) asks for the incidents of a time range (with the
+feed's filters); reporting records the request and its ledger entry in one
+transaction, then a builder makes the bundle in the background:
+
+- incidents.jsonl — one canonical JSON (RFC 8785) incident report per line,
+  the same document the authorities receive as a delivery;
+- checkpoint     — a signed tree head of the audit ledger whose tree
+  already holds the export's own ledger entry, so the handover itself is
+  provably on the record;
+- manifest.json  — canonical JSON: format, export id, requester, filter,
+  item count, each file's name, size and SHA-256, the tree head (size,
+  root hash) and the export's ledger entry (id, leaf index);
+- manifest.sig   — "<issuer>:<key id>" and the base64 Ed25519 signature of
+  manifest.json by reporting's key (the key that signs deliveries).
+
+A bundle holds only what its requester may see: the requester's scope is
+stored with the request and applied when the bundle is built. Bundles expire
+(files deleted, state EXPIRED) after the configured time. Builders take
+pending exports under a lease, not a held row lock, so several replicas may
+run and a long build never holds a transaction open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from avgate.kernel.errors import (
+    FailedPrecondition,
+    FieldChecker,
+    FieldViolation,
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+)
+from avgate.kernel.keys import SigningKey
+from avgate.kernel.principal import Principal, Role
+from avgate.ledger.entry import LedgerEntry, canonical_json
+from services.reporting.domain import IncidentCategory, IncidentFilter, IncidentSource, IncidentStatus, report_bytes
+from services.reporting.feed.service import ACCESS_BASIS, FeedRequest
+from services.reporting.incidents import check_filter, scoped_query
+from services.reporting.ledger.store import Head
+from services.reporting.store import IncidentStore
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "avgate-export-manifest/v1"
+CHUNK = 1 << 20
+FILE_NAMES = {
+    "jsonl": "incidents.jsonl",
+    "manifest": "manifest.json",
+    "checkpoint": "checkpoint",
+    "signature": "manifest.sig",
+}
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    kind: str  # a key of FILE_NAMES
+    name: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Export:
+    export_id: str
+    requested_by: str
+    request_id: str
+    request: FeedRequest
+    state: str  # pending | ready | failed | expired
+    ledger_entry_id: uuid.UUID
+    create_time: datetime
+    item_count: int = 0
+    files: tuple[ExportFile, ...] = ()
+    manifest_signature: bytes = b""
+    signing_key_name: str = ""
+    checkpoint: bytes = b""
+    tree_size: int = 0
+    error: str = ""
+    complete_time: datetime | None = None
+    expire_time: datetime | None = None
+    principal: dict[str, Any] = field(default_factory=dict)
+
+    def file(self, kind: str) -> ExportFile | None:
+        return next((f for f in self.files if f.kind == kind), None)
+
+
+# --------------------------------------------------------------------------- filter ⇄ JSON
+
+
+def filter_document(request: FeedRequest) -> dict[str, Any]:
+    f = request.incidents
+    return {
+        "categories": [c.value for c in f.categories],
+        "departments": list(f.departments),
+        "region_codes": list(f.region_codes),
+        "tenant_ids": list(f.tenant_ids),
+        "statuses": [s.value for s in f.statuses],
+        "sources": [s.value for s in f.sources],
+        "created_from": f.created_from.isoformat() if f.created_from else None,
+        "created_before": f.created_before.isoformat() if f.created_before else None,
+        "exclude_tree_heads": request.exclude_tree_heads,
+    }
+
+
+def filter_from_document(document: dict[str, Any]) -> FeedRequest:
+    return FeedRequest(
+        incidents=IncidentFilter(
+            categories=tuple(IncidentCategory(c) for c in document["categories"]),
+            departments=tuple(document["departments"]),
+            region_codes=tuple(document["region_codes"]),
+            tenant_ids=tuple(document["tenant_ids"]),
+            statuses=tuple(IncidentStatus(s) for s in document["statuses"]),
+            sources=tuple(IncidentSource(s) for s in document["sources"]),
+            created_from=datetime.fromisoformat(document["created_from"]) if document["created_from"] else None,
+            created_before=datetime.fromisoformat(document["created_before"]) if document["created_before"] else None,
+        ),
+        exclude_tree_heads=bool(document.get("exclude_tree_heads", False)),
+    )
+
+
+def request_hash(request: FeedRequest) -> bytes:
+    return hashlib.sha256(canonical_json(filter_document(request))).digest()
+
+
+# --------------------------------------------------------------------------- ports
+
+
+class ExportStore(Protocol):
+    async def create(self, export: Export, digest: bytes, audit: LedgerEntry) -> tuple[Export, bytes]:
+        """Writes the export with its ledger entry, or returns the one with the same requester and request id
+        together with that one's request hash."""
+        ...
+
+    async def get(self, export_id: str) -> Export | None: ...
+
+    async def lease_pending(self, lease: timedelta) -> Export | None:
+        """One pending export whose lease is free, leased to the caller."""
+        ...
+
+    async def finish(self, export: Export) -> None:
+        """Stores a built (ready or failed) export and ends its lease."""
+        ...
+
+    async def release(self, export_id: str) -> None:
+        """Ends a lease without a result (the build waits for the ledger)."""
+        ...
+
+    async def expire_due(self, now: datetime) -> list[str]:
+        """Marks ready exports past their expiry as expired; their ids."""
+        ...
+
+    async def record(self, audit: LedgerEntry) -> None: ...
+
+
+class LedgerHeads(Protocol):
+    async def latest_head(self) -> Head | None: ...
+
+    async def leaf_index_of(self, entry_id: uuid.UUID) -> int | None: ...
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _is_requester(caller: Principal, export: Export) -> bool:
+    effective = caller.effective
+    return effective.role is Role.OPERATOR or (
+        effective.subject == export.requested_by and effective.role.value == export.principal.get("role")
+    )
+
+
+# --------------------------------------------------------------------------- use cases
+
+
+class ExportService:
+    def __init__(self, store: ExportStore, directory: pathlib.Path, *, clock: Callable[[], datetime] = _now):
+        self._store = store
+        self._directory = directory
+        self._clock = clock
+
+    async def create(self, caller: Principal, request_id: str, request: FeedRequest) -> Export:
+        caller.require_role(Role.REGULATOR, Role.OPERATOR)
+        check = FieldChecker()
+        check.require(
+            0 < len(request_id) <= 128 and request_id.isprintable(),
+            "request_id",
+            "must be 1 to 128 printable characters",
+        )
+        check_filter(check, request.incidents, "filter.incidents.")
+        f = request.incidents
+        check.require(
+            f.created_from is not None and f.created_before is not None,
+            "filter.incidents.create_time_range",
+            "an export needs a closed time range (start_time and end_time)",
+        )
+        check.raise_if_any()
+        effective = caller.effective
+        entry_id = uuid.uuid4()
+        export = Export(
+            export_id=f"exp_{uuid.uuid4().hex}",
+            requested_by=effective.subject,
+            request_id=request_id,
+            request=request,
+            state="pending",
+            ledger_entry_id=entry_id,
+            create_time=self._clock(),
+            principal=effective.to_claims(),
+        )
+        audit = LedgerEntry(
+            action="feed.export",
+            subject_type="export",
+            subject_id=export.export_id,
+            actor=caller,
+            legal_basis=ACCESS_BASIS,
+            tenant_id="",
+            data={"request_id": request_id, "filter_sha256": request_hash(request).hex()},
+            idempotency_key=f"feed.export:{effective.subject}:{request_id}",
+            entry_id=entry_id,
+            occurred_at=export.create_time,
+        )
+        stored, digest = await self._store.create(export, request_hash(request), audit)
+        if digest != request_hash(request):
+            raise IdempotencyConflict("export", request_id, f"export request {request_id!r} exists with another filter")
+        return stored
+
+    async def get(self, caller: Principal, export_id: str) -> Export:
+        caller.require_role(Role.REGULATOR, Role.OPERATOR)
+        if not export_id:
+            raise InvalidArgument(FieldViolation("export_id", "must be set"))
+        export = await self._store.get(export_id)
+        if export is None or not _is_requester(caller, export):
+            raise NotFound("export", export_id)
+        return export
+
+    async def download(
+        self, caller: Principal, export_id: str, kind: str | None, offset: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(offset, chunk) pairs of one file of a ready export, from `offset`; the call is ledgered."""
+        check = FieldChecker()
+        check.require(kind in FILE_NAMES, "file", "must name a file of the bundle")
+        check.require(offset >= 0, "offset", "must not be negative")
+        check.raise_if_any()
+        assert kind is not None
+        export = await self.get(caller, export_id)
+        if export.state != "ready":
+            raise FailedPrecondition(f"export {export_id!r} is {export.state}, not ready")
+        described = export.file(kind)
+        assert described is not None
+        check.require(offset <= described.size_bytes, "offset", f"must be at most the file size {described.size_bytes}")
+        check.raise_if_any()
+        path = self._directory / export_id / described.name
+        await self._store.record(
+            LedgerEntry(
+                action="feed.export.download",
+                subject_type="export",
+                subject_id=export_id,
+                actor=caller,
+                legal_basis=ACCESS_BASIS,
+                tenant_id="",
+                data={"file": described.name, "sha256": described.sha256, "offset": offset},
+            )
+        )
+        return _chunks(path, offset)
+
+
+async def _chunks(path: pathlib.Path, offset: int) -> AsyncIterator[tuple[int, bytes]]:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            yield offset, chunk
+            offset += len(chunk)
+
+
+# --------------------------------------------------------------------------- the builder
+
+
+class ExportBuilder:
+    """Builds pending exports into signed bundles; expires old ones. One background job per reporting replica."""
+
+    def __init__(
+        self,
+        store: ExportStore,
+        incidents: IncidentStore,
+        heads: LedgerHeads,
+        signer: SigningKey,
+        directory: pathlib.Path,
+        *,
+        ttl: timedelta,
+        lease: timedelta = timedelta(minutes=10),
+        poll_interval: float = 1.0,
+        clock: Callable[[], datetime] = _now,
+    ):
+        self._store = store
+        self._incidents = incidents
+        self._heads = heads
+        self._signer = signer
+        self._directory = directory
+        self._ttl = ttl
+        self._lease = lease
+        self._poll = poll_interval
+        self._clock = clock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.step()
+            except Exception:
+                log.exception("export builder: a step failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll)
+
+    async def step(self) -> bool:
+        """Expires due bundles and builds one pending export if it can; whether one became ready or failed."""
+        for export_id in await self._store.expire_due(self._clock()):
+            await asyncio.to_thread(shutil.rmtree, self._directory / export_id, True)
+        export = await self._store.lease_pending(self._lease)
+        if export is None:
+            return False
+        leaf = await self._heads.leaf_index_of(export.ledger_entry_id)
+        head = await self._heads.latest_head()
+        if leaf is None or head is None or head.tree_size <= leaf:
+            await self._store.release(export.export_id)  # the ledger has not signed the request yet
+            return False
+        try:
+            built = await self._build(export, leaf, head)
+        except Exception as exc:
+            log.exception("export builder: export %s failed", export.export_id)
+            built = replace(export, state="failed", error=f"{type(exc).__name__}: {exc}", complete_time=self._clock())
+        await self._store.finish(built)
+        return True
+
+    async def _build(self, export: Export, leaf: int, head: Head) -> Export:
+        final = self._directory / export.export_id
+        work = self._directory / f".{export.export_id}.{uuid.uuid4().hex[:8]}"
+        work.mkdir(parents=True)
+        try:
+            count = await self._write_incidents(export, work / FILE_NAMES["jsonl"])
+            (work / FILE_NAMES["checkpoint"]).write_bytes(head.checkpoint)
+            files = [_describe("jsonl", work), _describe("checkpoint", work)]
+            complete = self._clock()
+            manifest = canonical_json(
+                {
+                    "format": MANIFEST_FORMAT,
+                    "export_id": export.export_id,
+                    "requested_by": export.requested_by,
+                    "filter": filter_document(export.request),
+                    "item_count": count,
+                    "files": [{"name": f.name, "sha256": f.sha256, "size_bytes": f.size_bytes} for f in files],
+                    "tree_head": {"tree_size": head.tree_size, "root_hash": head.root_hash.hex()},
+                    "ledger_entry": {"id": str(export.ledger_entry_id), "leaf_index": leaf},
+                    "create_time": export.create_time.isoformat(),
+                    "complete_time": complete.isoformat(),
+                }
+            )
+            signature = self._signer.private_key.sign(manifest)
+            key_name = f"{self._signer.issuer}:{self._signer.kid}"
+            (work / FILE_NAMES["manifest"]).write_bytes(manifest)
+            (work / FILE_NAMES["signature"]).write_text(f"{key_name}\n{base64.b64encode(signature).decode()}\n")
+            files += [_describe("manifest", work), _describe("signature", work)]
+            for path in work.iterdir():
+                with path.open("rb") as fh:
+                    os.fsync(fh.fileno())
+            if final.exists():  # a build that lost its lease after writing: replace it
+                shutil.rmtree(final)
+            work.rename(final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return replace(
+            export,
+            state="ready",
+            item_count=count,
+            files=tuple(files),
+            manifest_signature=signature,
+            signing_key_name=key_name,
+            checkpoint=head.checkpoint,
+            tree_size=head.tree_size,
+            complete_time=complete,
+            expire_time=complete + self._ttl,
+        )
+
+    async def _write_incidents(self, export: Export, path: pathlib.Path) -> int:
+        principal = Principal.from_claims(export.principal, request_id=f"export:{export.export_id}")
+        query = scoped_query(principal, export.request.incidents)
+        count = 0
+        with path.open("wb") as out:
+            if query is None:
+                return 0
+            after = None
+            while True:
+                page = await self._incidents.list(query, after=after, limit=500)
+                for incident in page:
+                    out.write(report_bytes(incident) + b"\n")
+                count += len(page)
+                if len(page) < 500:
+                    return count
+                after = (page[-1].create_time, page[-1].incident_id)
+
+
+def _describe(kind: str, directory: pathlib.Path) -> ExportFile:
+    path = directory / FILE_NAMES[kind]
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return ExportFile(kind, path.name, digest.hexdigest(), path.stat().st_size)
