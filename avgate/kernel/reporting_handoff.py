@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -183,15 +182,18 @@ def decode_handoff(payload: bytes) -> Handoff:
     """The handoff an event carries; ValueError when it is not one this build reads."""
     try:
         document = json.loads(payload)
-        if not isinstance(document, dict) or document.get("version") != PAYLOAD_VERSION:
-            raise ValueError(f"not a version {PAYLOAD_VERSION} incident handoff")
+    except ValueError as exc:  # not UTF-8, not JSON
+        raise ValueError("malformed incident handoff: not JSON") from exc
+    if not isinstance(document, dict) or document.get("version") != PAYLOAD_VERSION:
+        raise ValueError(f"malformed incident handoff: not a version {PAYLOAD_VERSION} handoff")
+    try:
         request = base64.b64decode(document["request"], validate=True)
         origin = Principal.from_claims(document["origin"], request_id=str(document.get("request_id") or ""))
         trace = tuple((str(k), str(v)) for k, v in dict(document.get("trace") or {}).items())
-    except (UnicodeDecodeError, json.JSONDecodeError, binascii.Error, KeyError, TypeError) as exc:
-        raise ValueError(f"malformed incident handoff: {type(exc).__name__}") from exc
     except InvalidPrincipalToken as exc:
         raise ValueError(f"malformed incident handoff: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: base64
+        raise ValueError(f"malformed incident handoff: {type(exc).__name__} {exc}") from exc
     return Handoff(request, origin, trace)
 
 

@@ -525,11 +525,23 @@ class TestDeliveryOutcomes:
         finally:
             await impatient.close()
 
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b"\xff not json",
+            b'{"version": 2, "request": "", "origin": {"role": "provider", "sub": "k"}}',
+            b'{"version": 1, "request": "not base64!", "origin": {"role": "provider", "sub": "k"}}',
+            b'{"version": 1, "request": "", "origin": {"role": "king", "sub": "k"}}',
+            b'{"version": 1, "request": "", "origin": {"role": "provider", "sub": "k", "scope": []}}',
+            b'{"version": 1, "request": ""}',
+        ],
+        ids=["not-json", "unknown-version", "bad-base64", "unknown-role", "bad-scope", "no-origin"],
+    )
     async def test_a_payload_that_is_not_a_handoff_is_permanent_and_never_sent(
-        self, scripted: tuple[ScriptedReporting, str], delivery: ReportingDelivery
+        self, payload: bytes, scripted: tuple[ScriptedReporting, str], delivery: ReportingDelivery
     ) -> None:
         with pytest.raises(PermanentDeliveryError, match="malformed incident handoff"):
-            await delivery.deliver(claimed(b'{"version": 1, "request": "not base64!"}'))
+            await delivery.deliver(claimed(payload))
         assert scripted[0].peers == []
 
 
