@@ -1,6 +1,6 @@
 """`avgate outbox ...`: the operator's way back from the dead-letter state.
 
-avgate outbox replay --service reporting [--event-id ID ...] [--database-url URL] [--reason TEXT]
+avgate outbox replay --service S [--event-id ID ...] [--database-url URL] [--reason TEXT]
 
 Moves dead outbox events (all, or the ones named) back to pending so the
 service's dispatcher delivers them again, and records the replay in the
@@ -25,8 +25,9 @@ from avgate.kernel.principal import Principal, Role
 from avgate.ledger.append import append
 from avgate.ledger.entry import LedgerEntry
 
-# Services that own an outbox table in their schema.
-OUTBOX_SERVICES = ("reporting",)
+# Services that own an outbox table in their schema (reporting's goes to the authorities,
+# the others' hand incidents to reporting).
+OUTBOX_SERVICES = ("identity", "screening", "reporting", "complaints")
 MAX_IDS_IN_ENTRY = 500
 CLI_ACTOR = Principal(role=Role.OPERATOR, subject="avgate-cli")
 

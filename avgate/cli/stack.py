@@ -46,6 +46,8 @@ PROCESSES = {
     "complaints": "services.complaints",
 }
 SERVICES = ("identity", "screening", "reporting", "complaints")
+# Their outbox dispatchers call reporting's CreateIncident (avgate.kernel.reporting_handoff).
+HANDS_INCIDENTS_TO_REPORTING = ("identity", "screening", "complaints")
 LOCAL_DATABASE = "avgate"
 DEV_TENANT = "dev-tenant"
 
@@ -147,6 +149,8 @@ class LocalStack:
             env["REPORTING_SEQUENCER_DATABASE_URL"] = os.environ.get(
                 "REPORTING_SEQUENCER_DATABASE_URL", role_url(self.admin_url, LEDGER_SEQUENCER_ROLE)
             )
+        if name in HANDS_INCIDENTS_TO_REPORTING:
+            env[f"{prefix}_REPORTING_TARGET"] = f"{self.config.host}:{self.config.port_of('reporting')}"
         if name == "gateway":
             for service in SERVICES:
                 env[f"GATEWAY_{service.upper()}_TARGET"] = f"{self.config.host}:{self.config.port_of(service)}"

@@ -6,10 +6,12 @@ from typing import ClassVar
 
 from pydantic_settings import SettingsConfigDict
 
-from avgate.kernel.settings import ProcessSettings
+from avgate.kernel.reporting_handoff import ReportingHandoffSettings
 
 
-class ComplaintsSettings(ProcessSettings):
+class ComplaintsSettings(ReportingHandoffSettings):
+    """Also COMPLAINTS_REPORTING_TARGET and COMPLAINTS_DISPATCHER_* (the outbox of incidents for reporting)."""
+
     model_config = SettingsConfigDict(env_prefix="COMPLAINTS_", extra="ignore", populate_by_name=True)
     process_name: ClassVar[str] = "complaints"
 

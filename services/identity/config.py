@@ -6,10 +6,12 @@ from typing import ClassVar
 
 from pydantic_settings import SettingsConfigDict
 
-from avgate.kernel.settings import ProcessSettings
+from avgate.kernel.reporting_handoff import ReportingHandoffSettings
 
 
-class IdentitySettings(ProcessSettings):
+class IdentitySettings(ReportingHandoffSettings):
+    """Also IDENTITY_REPORTING_TARGET and IDENTITY_DISPATCHER_* (the outbox of incidents for reporting)."""
+
     model_config = SettingsConfigDict(env_prefix="IDENTITY_", extra="ignore", populate_by_name=True)
     process_name: ClassVar[str] = "identity"
 

@@ -1,7 +1,14 @@
-"""Tables of the screening schema (none yet: its issue adds them with migrations)."""
+"""Tables of the screening schema: so far the outbox of incidents handed to reporting
+(avgate.kernel.reporting_handoff); its issue adds the rest with migrations."""
 
 from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-metadata = MetaData(schema="screening")
+from avgate.kernel.outbox import outbox_table
+
+SCHEMA = "screening"
+
+metadata = MetaData(schema=SCHEMA)
+
+outbox = outbox_table(metadata)

@@ -3,6 +3,7 @@ checked through the gateway with real credentials and real tools."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pathlib
@@ -14,10 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from avgate.common.v1 import common_pb2
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
+from avgate.kernel.db import libpq_url
+from avgate.kernel.principal import Principal, Role
+from avgate.kernel.reporting_handoff import report_incident
+from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import REPO, Database, free_port_block
 
 pytestmark = pytest.mark.e2e
@@ -201,6 +208,51 @@ class TestLocalStack:
         assert error["code"] == "INVALID_ARGUMENT"
         violations = next(d for d in error["details"] if d["@type"].endswith("BadRequest"))["fieldViolations"]
         assert {v["field"] for v in violations} == {"display_name", "tenant_id"}
+
+    def test_an_incident_screening_queues_reaches_reporting_and_the_provider_reads_it(
+        self, running: RunningStack, database: Database
+    ) -> None:
+        external_id = f"e2e-{time.monotonic_ns()}"
+        incident = reporting_pb2.IncidentInput(
+            external_id=external_id,
+            source=reporting_pb2.INCIDENT_SOURCE_SCREENING,
+            category=reporting_pb2.INCIDENT_CATEGORY_PROHIBITED_CONTENT,
+            prohibited_type=common_pb2.PROHIBITED_CONTENT_TYPE_VIOLENCE,
+            legal_basis=[common_pb2.LegalBasis(instrument="NAVIS-2019", article="9")],
+            facts="Upload matched a hash bank; transmission stopped.",
+            region_code="110105",
+        )
+        origin = Principal(role=Role.PROVIDER, subject="dev-key", tenant_id="dev-tenant", request_id="e2e-handoff")
+
+        async def queue() -> None:
+            # What screening's own code will do in the transaction that stops the upload.
+            url = libpq_url(database.url_for("screening"))
+            async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+                await report_incident(conn, incident, schema="screening", origin=origin)
+
+        asyncio.run(queue())
+        deadline = time.monotonic() + 30
+        while True:
+            with psycopg.connect(libpq_url(database.admin_url)) as conn:
+                row = conn.execute(
+                    "select receipt from screening.outbox where state = 'delivered' "
+                    "and convert_from(payload, 'UTF8')::jsonb ->> 'request_id' = %s",
+                    (origin.request_id,),
+                ).fetchone()
+            if row is not None:
+                break
+            assert time.monotonic() < deadline, "screening's dispatcher did not deliver the incident"
+            time.sleep(0.2)
+        incident_id = json.loads(row[0])["incident_id"]
+        key = running.description["development_api_keys"]["provider"]
+        with grpc.insecure_channel(running.gateway) as channel:
+            got = reporting_pb2_grpc.IncidentServiceStub(channel).GetIncident(
+                reporting_pb2.GetIncidentRequest(incident_id=incident_id),
+                metadata=(("authorization", f"Bearer {key}"),),
+                timeout=10,
+            )
+        assert got.incident.external_id == external_id
+        assert got.incident.tenant_id == "dev-tenant"
 
     def test_a_stopped_service_turns_not_serving_and_the_rest_keep_serving(self, running: RunningStack) -> None:
         pid = running.description["processes"]["identity"]["pid"]

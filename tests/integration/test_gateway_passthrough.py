@@ -67,7 +67,10 @@ async def stack(database: Database, keys_dir: pathlib.Path) -> AsyncIterator[Sta
         provider.add_span_processor(SimpleSpanProcessor(SPANS))
         trace.set_tracer_provider(provider)
     common = {"trusted_keys_dir": keys_dir, "generate_keys": False, "metrics_port": -1, "grpc_port": 0}
-    identity: GrpcProcess = await compose_identity(IdentitySettings(**common))  # type: ignore[arg-type]
+    # identity here is only an upstream: no outbox of incidents to dispatch.
+    identity: GrpcProcess = await compose_identity(
+        IdentitySettings(**common, dispatcher_enabled=False)  # type: ignore[arg-type]
+    )
     await identity.start()
     gateway: GrpcProcess = await compose_gateway(
         GatewaySettings(

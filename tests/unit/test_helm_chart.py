@@ -257,6 +257,18 @@ class TestServiceWiring:
             assert int(port) in [p["port"] for p in service["spec"]["ports"]]
 
     @each_values_file
+    def test_services_hand_incidents_to_reportings_grpc_endpoint(self, values_file: pathlib.Path) -> None:
+        manifests = render(values_file)
+        services = {s["metadata"]["name"]: s for s in of_kind(manifests, "Service")}
+        deployments = process_deployments(manifests)
+        for process in ("identity", "screening", "complaints"):
+            env = env_of(pod_spec(deployments[process])["containers"][0])
+            host, port = env[f"{process.upper()}_REPORTING_TARGET"]["value"].rsplit(":", 1)
+            service = services[host]
+            assert service["spec"]["selector"]["app.kubernetes.io/component"] == "reporting", process
+            assert int(port) in [p["port"] for p in service["spec"]["ports"]], process
+
+    @each_values_file
     def test_each_process_reads_its_database_url_from_the_pre_created_secret(self, values_file: pathlib.Path) -> None:
         manifests = render(values_file)
         secret = values_of(values_file)["database"]["existingSecret"]

@@ -53,3 +53,19 @@ class TestProductionProfile:
         monkeypatch.setenv("DATABASE_URL", "postgresql://shared@db/avgate")
         monkeypatch.setenv("IDENTITY_DATABASE_URL", "postgresql://avgate_identity@db/avgate")
         assert IdentitySettings().effective_database_url == "postgresql://avgate_identity@db/avgate"
+
+
+class TestIncidentHandoffSettings:
+    def test_each_service_reads_its_handoff_settings_under_its_own_prefix(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from services.screening.config import ScreeningSettings
+
+        monkeypatch.setenv("SCREENING_REPORTING_TARGET", "avgate-reporting:50063")
+        monkeypatch.setenv("SCREENING_DISPATCHER_MAX_ATTEMPTS", "7")
+        screening = ScreeningSettings()
+        assert screening.reporting_target == "avgate-reporting:50063"
+        assert screening.dispatcher_max_attempts == 7
+        identity = IdentitySettings()
+        assert identity.reporting_target == "127.0.0.1:50063"  # the local stack's reporting
+        assert identity.dispatcher_enabled
