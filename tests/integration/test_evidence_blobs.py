@@ -47,7 +47,9 @@ class TestWriting:
         for offset in (0, 1, 999, 1000, 4999, 5000):
             assert await read_all(store, NAME, offset) == data[offset:]
 
-    async def test_a_failed_stream_leaves_nothing_behind(self, store: FilesystemBlobStore, tmp_path: pathlib.Path) -> None:
+    async def test_a_failed_stream_leaves_nothing_behind(
+        self, store: FilesystemBlobStore, tmp_path: pathlib.Path
+    ) -> None:
         with pytest.raises(RuntimeError, match="went away"):
             await store.write(NAME, failing_after(b"partial"))
         assert not await store.exists(NAME)

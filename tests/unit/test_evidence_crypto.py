@@ -217,7 +217,10 @@ class TestKeyRing:
             ("k1 not-base64!\n", "line 1: the key is not base64"),
             (f"k1 {base64.b64encode(b'short').decode()}\n", "not 32 bytes"),
             (f"bad/id {base64.b64encode(os.urandom(32)).decode()}\n", "key id"),
-            (KeyRing.new_key_line("k1") + "\n" + KeyRing.new_key_line("k1") + "\n", "line 2: key id 'k1' appears twice"),
+            (
+                KeyRing.new_key_line("k1") + "\n" + KeyRing.new_key_line("k1") + "\n",
+                "line 2: key id 'k1' appears twice",
+            ),
         ],
         ids=["empty", "comment-only", "no-key", "not-base64", "short-key", "bad-id", "duplicate-id"],
     )
