@@ -71,6 +71,14 @@ class ReportingSettings(ProcessSettings):
     # The largest upload accepted, in bytes.
     evidence_max_bytes: int = Field(default=20 * 1024**3, ge=1)
 
+    @field_validator("evidence_retention", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # An environment variable is a string; a plain number of seconds is one too.
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        return value
+
     @field_validator("evidence_retention")
     @classmethod
     def _at_least_a_day(cls, value: timedelta) -> timedelta:
