@@ -504,6 +504,17 @@ class TestIdempotencyAndDeduplication:
         assert [e["data"]["deduplicated"] for e in entries] == [False, True]
         assert [e["data"]["incident_id"] for e in entries] == [first_incident, second_incident]
 
+    async def test_concurrent_uploads_of_the_same_bytes_end_in_one_evidence(
+        self, reporting: Reporting, tenant: str
+    ) -> None:
+        incident_id = await new_incident(reporting, tenant)
+        data = os.urandom(2 * MiB)
+        before = reporting.objects()
+        results = await asyncio.gather(*(attach(reporting, provider(tenant), incident_id, data) for _ in range(3)))
+        assert len({r.evidence_id for r in results}) == 1
+        assert len(reporting.objects()) == len(before) + 1
+        assert len(reporting.ledger("evidence.attach", results[0].evidence_id)) == 3
+
     async def test_identical_bytes_of_another_tenant_are_kept_apart(self, reporting: Reporting, tenant: str) -> None:
         other = f"{tenant}-b"
         data = os.urandom(10_000)
