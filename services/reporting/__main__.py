@@ -1,13 +1,15 @@
 """Composition root of the reporting process: settings → engine and ledger
 reader → sequencer → outbox dispatcher to the authorities → incident store
-and service → servicers → server."""
+and service → evidence key ring, blob store, store and service → servicers →
+server."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
@@ -22,6 +24,11 @@ from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import FileAuthority, ReportingSettings
 from services.reporting.domain import RoutingRules
+from services.reporting.evidence.blobs import FilesystemBlobStore
+from services.reporting.evidence.crypto import KeyRing
+from services.reporting.evidence.server import EvidenceServicer
+from services.reporting.evidence.service import EvidenceService
+from services.reporting.evidence.store import SqlEvidenceStore
 from services.reporting.feed.export_store import SqlExportStore
 from services.reporting.feed.exports import ExportBuilder, ExportService
 from services.reporting.feed.server import RegulatorFeedServicer
@@ -51,6 +58,34 @@ def ledger_signer(settings: ReportingSettings) -> NoteSigner:
             f"but REPORTING_LEDGER_ORIGIN is {settings.ledger_origin!r}"
         )
     return signer
+
+
+def evidence_keys(settings: ReportingSettings) -> KeyRing:
+    """The evidence key-encryption keys.
+
+    A missing file is generated when REPORTING_EVIDENCE_KEK_FILE is unset (its
+    default place under the keys directory is a local stand-in, which the
+    production profile refuses) or when AVGATE_GENERATE_KEYS allows it.
+    """
+    path = settings.own_evidence_kek_file
+    if not path.exists() and (settings.generate_keys or settings.evidence_kek_file is None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process of the local stack made it first
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write("# Evidence key-encryption keys, generated for the local profile; the last line is current.\n")
+                fh.write(KeyRing.new_key_line(f"local-{datetime.now(UTC):%Y%m%d%H%M%S}") + "\n")
+    try:
+        return KeyRing.parse(path.read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"reporting: REPORTING_EVIDENCE_KEK_FILE ({path}): {exc}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def sequencer_url(settings: ReportingSettings) -> str | None:
@@ -101,7 +136,7 @@ def authority_dispatcher(settings: ReportingSettings, url: str, registry: Collec
     )
 
 
-async def compose(settings: ReportingSettings) -> GrpcProcess:
+async def compose(settings: ReportingSettings, *, clock: Callable[[], datetime] = _now) -> GrpcProcess:
     url = settings.effective_database_url
     if not url:
         sys.exit("reporting: set REPORTING_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
@@ -116,17 +151,27 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
             dispatcher = authority_dispatcher(settings, url, registry)
         except (ValueError, OSError) as exc:
             sys.exit(f"reporting: {exc}")
+    keys = evidence_keys(settings)
     engine = create_engine_for(url)
     incident_store = SqlIncidentStore(engine, FeedWriter(incident_payload))
     incidents = IncidentService(incident_store, routing)
+    evidence = EvidenceService(
+        SqlEvidenceStore(engine, incident_store.publish_update),
+        incident_store,
+        FilesystemBlobStore(settings.own_evidence_dir),
+        keys,
+        retention=settings.evidence_retention,
+        max_bytes=settings.evidence_max_bytes,
+        clock=clock,
+    )
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     ledger_reader = LedgerReader(pool)
     ledger_servicer = AuditLedgerServicer(ledger_reader)
     export_store = SqlExportStore(engine)
     feed = RegulatorFeedServicer(
-        FeedService(SqlFeedStore(engine), ledger_reader),
-        ExportService(export_store, settings.own_export_dir),
+        FeedService(SqlFeedStore(engine), ledger_reader, clock=clock),
+        ExportService(export_store, settings.own_export_dir, clock=clock),
         ledger_servicer,
     )
     background = []
@@ -151,6 +196,7 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
             delivery_signer(settings),
             settings.own_export_dir,
             ttl=timedelta(hours=settings.export_ttl_hours),
+            clock=clock,
         )
         background.append(builder.run)
 
@@ -160,7 +206,7 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
 
     return service_process(
         settings,
-        registrations(ledger_servicer, IncidentServicer(incidents), feed),
+        registrations(ledger_servicer, IncidentServicer(incidents), feed, EvidenceServicer(evidence)),
         background=background,
         on_shutdown=[close],
         registry=registry,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from avgate.kernel.settings import ProcessSettings
@@ -59,6 +60,31 @@ class ReportingSettings(ProcessSettings):
     dispatcher_max_attempts: int = Field(default=10, ge=1)
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
+    # The evidence store. Sealed objects go under this directory (default <state_dir>/evidence,
+    # a local stand-in: production mounts a persistent volume and names it).
+    evidence_dir: pathlib.Path | None = None
+    # Key-encryption keys: one "<key id> <base64 32 bytes>" a line, the last one current.
+    # Unset: <keys dir>/evidence.kek, generated when missing (a local stand-in).
+    evidence_kek_file: pathlib.Path | None = None
+    # How long evidence is preserved after it is attached: ISO 8601 ("P365D") or seconds.
+    evidence_retention: timedelta = timedelta(days=365)
+    # The largest upload accepted, in bytes.
+    evidence_max_bytes: int = Field(default=20 * 1024**3, ge=1)
+
+    @field_validator("evidence_retention", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # An environment variable is a string; a plain number of seconds is one too.
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        return value
+
+    @field_validator("evidence_retention")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("REPORTING_EVIDENCE_RETENTION must be at least one day")
+        return value
 
     # Signed export bundles: where their files are kept and for how long; the builder runs in this process.
     export_dir: pathlib.Path | None = None
@@ -72,6 +98,14 @@ class ReportingSettings(ProcessSettings):
     @property
     def own_ledger_key_file(self) -> pathlib.Path:
         return self.ledger_signing_key_file or (self.keys_dir / "ledger.skey")
+
+    @property
+    def own_evidence_dir(self) -> pathlib.Path:
+        return self.evidence_dir or (self.state_dir / "evidence")
+
+    @property
+    def own_evidence_kek_file(self) -> pathlib.Path:
+        return self.evidence_kek_file or (self.keys_dir / "evidence.kek")
 
     def authority_specs(self) -> dict[str, AuthoritySpec]:
         """Every department's adapter spec, checked; ValueError names the department at fault."""
@@ -95,6 +129,12 @@ class ReportingSettings(ProcessSettings):
                     f"REPORTING_AUTHORITIES names no adapter for {', '.join(missing)} "
                     "(local file drops under the state directory)"
                 )
+        if self.evidence_kek_file is None:
+            problems.append(
+                "no REPORTING_EVIDENCE_KEK_FILE (an evidence key-encryption key generated under the state directory)"
+            )
+        if self.evidence_dir is None:
+            problems.append("no REPORTING_EVIDENCE_DIR (evidence kept under the state directory)")
         return problems
 
 

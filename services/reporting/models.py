@@ -1,4 +1,5 @@
-"""Tables of the reporting schema: incidents, the regulator feed and the outbox of reports to the authorities."""
+"""Tables of the reporting schema: incidents, the regulator feed and exports, the outbox of reports
+to the authorities, and the evidence store's records (evidence, attachments, holds)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     LargeBinary,
@@ -130,3 +132,85 @@ exports = Table(
 )
 
 outbox = outbox_table(metadata)
+
+# --- evidence
+# The bytes live sealed in the blob store (services.reporting.evidence.blobs); these rows
+# hold what they are, their wrapped data key, whom they are attached to and their holds.
+
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("evidence_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    # Lower-case hex SHA-256 of the plaintext: the evidence's address within its tenant.
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("media_type", String(128), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("description", Text, nullable=False),
+    # The sealed object's name in the blob store: random, never derived from the content.
+    Column("blob_name", String(128), nullable=False),
+    # The object's data key wrapped by key-encryption key `kek_id`; both destroyed on release.
+    Column("kek_id", String(64)),
+    Column("wrapped_key", LargeBinary),
+    Column("retain_until", DateTime(timezone=True), nullable=False),
+    Column("attached_by", Text, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    Column("release_time", DateTime(timezone=True)),
+    Column("release_reason", Text, nullable=False, server_default=""),
+    Column("released_by", Text, nullable=False, server_default=""),
+    UniqueConstraint("blob_name", name="evidence_blob_name_key"),
+    CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", name="evidence_sha256_format"),
+    CheckConstraint("size_bytes >= 0", name="evidence_size_not_negative"),
+    # Crypto-shredding: a key while live, none once released.
+    CheckConstraint(
+        "(release_time is null) = (kek_id is not null and wrapped_key is not null)", name="evidence_key_until_released"
+    ),
+    # Identical bytes are stored once per tenant (never across tenants, which would tell
+    # one tenant what another holds); released evidence no longer counts.
+    Index(
+        "evidence_live_tenant_sha256",
+        "tenant_id",
+        "sha256",
+        unique=True,
+        postgresql_where=text("release_time is null"),
+    ),
+)
+
+# One row per successful AttachEvidence call: the idempotency record of (tenant, request id)
+# and the link of the evidence to an incident.
+evidence_attachments = Table(
+    "evidence_attachments",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("request_id", String(128), primary_key=True),
+    Column("evidence_id", String(40), ForeignKey("reporting.evidence.evidence_id"), nullable=False),
+    Column("incident_id", String(40), ForeignKey("reporting.incidents.incident_id"), nullable=False),
+    # SHA-256 of the upload's metadata: a retry must repeat it exactly.
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("attached_by", Text, nullable=False),
+    Column("attach_time", DateTime(timezone=True), nullable=False),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    Index("evidence_attachments_evidence_id", "evidence_id"),
+    Index("evidence_attachments_incident_id", "incident_id"),
+)
+
+evidence_holds = Table(
+    "evidence_holds",
+    metadata,
+    Column("hold_id", String(40), primary_key=True),
+    Column("evidence_id", String(40), ForeignKey("reporting.evidence.evidence_id"), nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("placed_by", Text, nullable=False),
+    Column("placed_by_role", String(16), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("until_time", DateTime(timezone=True)),
+    Column("lift_time", DateTime(timezone=True)),
+    Column("lift_reason", Text, nullable=False, server_default=""),
+    Column("lifted_by", Text, nullable=False, server_default=""),
+    # A retried hold (same caller, same request id) finds the first.
+    UniqueConstraint("evidence_id", "placed_by", "request_id", name="evidence_holds_request_key"),
+)

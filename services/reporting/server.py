@@ -1,7 +1,9 @@
 """gRPC servicers of the reporting process: proto ⇄ domain translation only.
 
-The audit ledger's and the incidents' servicers are real; the rest answer
-UNIMPLEMENTED until their issue lands, behind the same principal verification.
+The audit ledger's, the incidents' and the evidence store's servicers are
+real (the evidence servicer lives in services.reporting.evidence.server); the
+rest answer UNIMPLEMENTED until their issue lands, behind the same principal
+verification.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from services.reporting.domain import (
     RelatedRecord,
     UserRef,
 )
+from services.reporting.evidence.server import EVIDENCE, EvidenceServicer
 from services.reporting.incidents import IncidentService, ItemResult
 from services.reporting.ledger.server import AuditLedgerServicer
 
@@ -321,8 +324,9 @@ def registrations(
     ledger: AuditLedgerServicer,
     incidents: IncidentServicer,
     feed: reporting_pb2_grpc.RegulatorFeedServiceServicer,
+    evidence: EvidenceServicer,
 ) -> list[ServiceRegistration]:
-    real = {AUDIT_LEDGER, INCIDENTS, FEED}
+    real = {AUDIT_LEDGER, INCIDENTS, FEED, EVIDENCE}
     others = [
         r for r in unimplemented_registrations(reporting_pb2, reporting_pb2_grpc) if not real & set(r.service_names)
     ]
@@ -330,5 +334,6 @@ def registrations(
         ServiceRegistration(ledger, reporting_pb2_grpc.add_AuditLedgerServiceServicer_to_server, [AUDIT_LEDGER]),
         ServiceRegistration(incidents, reporting_pb2_grpc.add_IncidentServiceServicer_to_server, [INCIDENTS]),
         ServiceRegistration(feed, reporting_pb2_grpc.add_RegulatorFeedServiceServicer_to_server, [FEED]),
+        ServiceRegistration(evidence, reporting_pb2_grpc.add_EvidenceServiceServicer_to_server, [EVIDENCE]),
         *others,
     ]

@@ -44,7 +44,7 @@ from services.reporting.domain import (
     Route,
     UserRef,
 )
-from services.reporting.models import feed_items, incidents
+from services.reporting.models import evidence, evidence_attachments, feed_items, incidents
 
 SCHEMA = "reporting"
 """(create_time, incident_id) of the last incident of a page; listings run newest first."""
@@ -211,7 +211,16 @@ class SqlIncidentStore:
         if lock:
             query = query.with_for_update()
         row = (await conn.execute(query)).mappings().first()
-        return _from_row(row) if row is not None else None
+        if row is None:
+            return None
+        (incident,) = await _with_attachments(conn, [_from_row(row)])
+        return incident
+
+    async def publish_update(self, conn: AsyncConnection, incident_id: str) -> None:
+        """A regulator-feed item for an incident changed in `conn`'s transaction (evidence attached, ...)."""
+        incident = await self._get(conn, incident_id)
+        if incident is not None:
+            await self._feed.write(conn, FeedKind.INCIDENT_UPDATED, [incident])
 
     async def find_by_external_ids(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, Incident]:
         if not external_ids:
@@ -237,7 +246,7 @@ class SqlIncidentStore:
             )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(statement)).mappings().all()
-        return [_from_row(r) for r in rows]
+            return await _with_attachments(conn, [_from_row(r) for r in rows])
 
     async def acknowledge(self, incident_id: str, ack: Acknowledgement, audit: LedgerEntry) -> Incident | None:
         async with self._engine.begin() as conn:
@@ -294,6 +303,37 @@ def query_conditions(table: Table, query: IncidentQuery) -> builtins.list[Column
     if query.created_before is not None:
         conditions.append(c.create_time < query.created_before)
     return conditions
+
+
+async def _with_attachments(conn: AsyncConnection, found: builtins.list[Incident]) -> builtins.list[Incident]:
+    """The incidents with the evidence attached to them since (the evidence store) among their evidence refs."""
+    if not found:
+        return found
+    a, e = evidence_attachments.c, evidence.c
+    rows = await conn.execute(
+        select(a.incident_id, e.sha256, e.size_bytes, e.media_type)
+        .join_from(evidence_attachments, evidence, a.evidence_id == e.evidence_id)
+        .where(a.incident_id.in_([i.incident_id for i in found]))
+        .order_by(a.attach_time, a.request_id)
+    )
+    attached: dict[str, builtins.list[EvidenceRef]] = {}
+    for incident_id, sha256, size_bytes, media_type in rows:
+        attached.setdefault(incident_id, []).append(
+            EvidenceRef(sha256=sha256, size_bytes=size_bytes, media_type=media_type)
+        )
+    result = []
+    for incident in found:
+        extra = attached.get(incident.incident_id)
+        if extra:
+            known = {r.sha256 for r in incident.input.evidence}
+            refs = [*incident.input.evidence]
+            for ref in extra:
+                if ref.sha256 not in known:
+                    known.add(ref.sha256)
+                    refs.append(ref)
+            incident = replace(incident, input=replace(incident.input, evidence=tuple(refs)))
+        result.append(incident)
+    return result
 
 
 # --------------------------------------------------------------------------- rows ⇄ domain

@@ -5,6 +5,7 @@ follows live, carries verifiable tree heads, and regulator access is ledgered.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ CYBERSPACE_BEIJING = regulator(("cyberspace",), ("110000",))
 class Feed:
     incidents: reporting_pb2_grpc.IncidentServiceStub
     feed: reporting_pb2_grpc.RegulatorFeedServiceStub
+    evidence: reporting_pb2_grpc.EvidenceServiceStub
     signer: TokenSigner
     database: Database
     verifier: NoteVerifier
@@ -130,6 +132,7 @@ async def feed(
         yield Feed(
             reporting_pb2_grpc.IncidentServiceStub(channel),
             reporting_pb2_grpc.RegulatorFeedServiceStub(channel),
+            reporting_pb2_grpc.EvidenceServiceStub(channel),
             token_signer,
             database,
             NoteVerifier.from_vkey(signer.vkey()),
@@ -167,6 +170,14 @@ async def create_many(f: Feed, tenant: str, n: int, *, settle: bool = True, **ch
             while len(await f.list_all(OPERATOR, filter=only_tenant(tenant))) < written:
                 await asyncio.sleep(0.1)
     return ids
+
+
+async def listed(f: Feed, tenant: str, at_least: int) -> list[reporting_pb2.FeedItem]:
+    """The tenant's feed once it serves at least `at_least` items (see create_many on why it can lag)."""
+    async with asyncio.timeout(30):
+        while len(items := await f.list_all(OPERATOR, filter=only_tenant(tenant))) < at_least:
+            await asyncio.sleep(0.1)
+    return items
 
 
 def incident_ids(items: list[reporting_pb2.FeedItem]) -> list[str]:
@@ -238,6 +249,35 @@ class TestOrderAndResumption:
         # The slow transaction's item (an empty payload) comes first: its transaction began first.
         assert incident_ids(after_commit) == [*first, "", *later]
 
+    async def test_attached_evidence_is_an_update_item_carrying_the_evidence(self, feed: Feed, tenant: str) -> None:
+        (incident_id,) = await create_many(feed, tenant, 1)
+        data = b"frame dump " * 1000
+
+        async def upload() -> AsyncIterator[reporting_pb2.AttachEvidenceRequest]:
+            yield reporting_pb2.AttachEvidenceRequest(
+                metadata=reporting_pb2.EvidenceUploadMetadata(
+                    request_id="ev-1",
+                    incident_id=incident_id,
+                    media_type="application/octet-stream",
+                    size_bytes=len(data),
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    file_name="frames.bin",
+                )
+            )
+            yield reporting_pb2.AttachEvidenceRequest(chunk=data)
+
+        await feed.evidence.AttachEvidence(
+            upload(), metadata=feed.auth(provider(tenant), "EvidenceService", "AttachEvidence")
+        )
+        items = await listed(feed, tenant, 2)
+        assert [i.kind for i in items] == [
+            reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED,
+            reporting_pb2.FEED_ITEM_KIND_INCIDENT_UPDATED,
+        ]
+        digest = hashlib.sha256(data).hexdigest()
+        assert digest not in [e.sha256 for e in items[0].incident.evidence]
+        assert digest in [e.sha256 for e in items[1].incident.evidence]
+
     async def test_an_acknowledgement_is_an_update_item_with_the_incident_as_of_then(
         self, feed: Feed, tenant: str
     ) -> None:
@@ -246,7 +286,7 @@ class TestOrderAndResumption:
             reporting_pb2.AcknowledgeIncidentRequest(incident_id=incident_id, note="seen"),
             metadata=feed.auth(CYBERSPACE_BEIJING, "IncidentService", "AcknowledgeIncident"),
         )
-        items = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        items = await listed(feed, tenant, 2)
         assert [i.kind for i in items] == [
             reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED,
             reporting_pb2.FEED_ITEM_KIND_INCIDENT_UPDATED,

@@ -409,3 +409,49 @@ class TestLedger:
         job = next(w for w in of_kind(render(values_file), "Job"))
         env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["LEDGER_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "ledger-url"
+
+
+class TestEvidenceStore:
+    @each_values_file
+    def test_reporting_keeps_evidence_on_a_persistent_volume(self, values_file: pathlib.Path) -> None:
+        for process, deployment in process_deployments(render(values_file)).items():
+            spec = pod_spec(deployment)
+            volumes = {v["name"]: v for v in spec["volumes"]}
+            if process != "reporting":
+                assert "evidence" not in volumes and "evidence-kek" not in volumes, process
+                continue
+            container = spec["containers"][0]
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            directory = env_of(container)["REPORTING_EVIDENCE_DIR"]["value"]
+            assert mounts["evidence"]["mountPath"] == directory
+            assert not directory.startswith("/tmp")
+            claim = values_of(values_file).get("reporting", {}).get("evidence", {}).get("existingClaim")
+            assert volumes["evidence"]["persistentVolumeClaim"]["claimName"] == (claim or "avgate-evidence")
+
+    @each_values_file
+    def test_reporting_reads_its_key_encryption_keys_from_a_read_only_secret(self, values_file: pathlib.Path) -> None:
+        reporting = pod_spec(process_deployments(render(values_file))["reporting"])
+        container = reporting["containers"][0]
+        kek_file = pathlib.PurePosixPath(env_of(container)["REPORTING_EVIDENCE_KEK_FILE"]["value"])
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "evidence-kek")
+        assert mount["mountPath"] == str(kek_file.parent)
+        assert mount["readOnly"] is True
+        secret = next(v for v in reporting["volumes"] if v["name"] == "evidence-kek")["secret"]
+        assert [item["path"] for item in secret["items"]] == [kek_file.name]
+        values = values_of(values_file)
+        expected = values.get("reporting", {}).get("evidence", {}).get("kekSecret") or values["keys"]["existingSecret"]
+        assert secret["secretName"] == expected
+
+    @each_values_file
+    def test_the_rendered_evidence_settings_parse_and_are_no_local_stand_ins(self, values_file: pathlib.Path) -> None:
+        from services.reporting.config import ReportingSettings
+
+        env = env_of(pod_spec(process_deployments(render(values_file))["reporting"])["containers"][0])
+        settings = ReportingSettings(
+            evidence_dir=env["REPORTING_EVIDENCE_DIR"]["value"],
+            evidence_kek_file=env["REPORTING_EVIDENCE_KEK_FILE"]["value"],
+            evidence_retention=env["REPORTING_EVIDENCE_RETENTION"]["value"],
+            evidence_max_bytes=env["REPORTING_EVIDENCE_MAX_BYTES"]["value"],
+        )
+        assert settings.evidence_retention.days >= 365
+        assert not [p for p in settings.local_stand_ins() if "EVIDENCE" in p]

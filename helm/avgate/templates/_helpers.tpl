@@ -224,8 +224,9 @@ lifecycle:
 {{- end }}
 
 {{/*
-Volumes of a process: /tmp, its own private key only, and every issuer's
-public key. Args: dict root, process.
+Volumes of a process: /tmp, its own private key only, every issuer's public
+key, and for reporting the evidence volume and its key-encryption keys.
+Args: dict root, process.
 */}}
 {{- define "avgate.volumes" -}}
 - name: tmp
@@ -242,6 +243,18 @@ public key. Args: dict root, process.
       - key: ledger.skey
         path: ledger.skey
       {{- end }}
+{{- if eq .process "reporting" }}
+- name: evidence
+  persistentVolumeClaim:
+    claimName: {{ required "reporting.evidence.existingClaim must name a pre-created PersistentVolumeClaim for the evidence store" .root.Values.reporting.evidence.existingClaim }}
+- name: evidence-kek
+  secret:
+    secretName: {{ default (include "avgate.keysSecret" .root) .root.Values.reporting.evidence.kekSecret }}
+    defaultMode: 0440
+    items:
+      - key: evidence.kek
+        path: evidence.kek
+{{- end }}
 - name: trusted-keys
   {{- if .root.Values.keys.trustedKeysConfigMap }}
   configMap:
@@ -256,6 +269,15 @@ public key. Args: dict root, process.
       - key: {{ $issuer }}.pub
         path: {{ $issuer }}.pub
       {{- end }}
+{{- end }}
+
+{{/* Where reporting finds the evidence key-encryption keys (its own read-only Secret volume). */}}
+{{- define "avgate.evidenceKekDir" -}}
+/var/run/avgate/evidence-kek
+{{- end }}
+
+{{- define "avgate.evidenceKekFile" -}}
+{{- printf "%s/evidence.kek" (include "avgate.evidenceKekDir" .) -}}
 {{- end }}
 
 {{/* Scheduling: a process's own settings, else the chart-wide ones. Args: dict root, process. */}}
