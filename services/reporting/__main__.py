@@ -1,6 +1,6 @@
 """Composition root of the reporting process: settings → engine and ledger
-reader → sequencer → outbox dispatcher to the authorities → incident store
-and service → servicers → server."""
+reader → sequencer → outbox dispatcher to the authorities → incident,
+refuted-rumour and assessment stores and services → servicers → server."""
 
 from __future__ import annotations
 
@@ -19,12 +19,18 @@ from avgate.kernel.outbox import Delivery, Dispatcher, OutboxMetrics
 from avgate.kernel.process import run, service_process
 from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
+from services.reporting.assessments.server import AssessmentServicer
+from services.reporting.assessments.service import AssessmentService
+from services.reporting.assessments.store import SqlAssessmentStore
 from services.reporting.config import FileAuthority, ReportingSettings
 from services.reporting.domain import RoutingRules
 from services.reporting.incidents import IncidentService
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
 from services.reporting.ledger.store import LedgerReader
+from services.reporting.rumors.server import RumorServicer
+from services.reporting.rumors.service import RumorService
+from services.reporting.rumors.store import SqlRumorStore
 from services.reporting.server import IncidentServicer, registrations
 from services.reporting.store import SCHEMA, SqlIncidentStore
 
@@ -112,6 +118,12 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
             sys.exit(f"reporting: {exc}")
     engine = create_engine_for(url)
     incidents = IncidentService(SqlIncidentStore(engine), routing)
+    rumors = RumorService(
+        SqlRumorStore(engine),
+        default_threshold=settings.rumor_match_threshold,
+        refresh_seconds=settings.rumor_index_refresh_seconds,
+    )
+    assessments = AssessmentService(SqlAssessmentStore(engine), incidents)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     background = []
@@ -135,7 +147,12 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
 
     return service_process(
         settings,
-        registrations(AuditLedgerServicer(LedgerReader(pool)), IncidentServicer(incidents)),
+        registrations(
+            AuditLedgerServicer(LedgerReader(pool)),
+            IncidentServicer(incidents),
+            RumorServicer(rumors),
+            AssessmentServicer(assessments),
+        ),
         background=background,
         on_shutdown=[close],
         registry=registry,

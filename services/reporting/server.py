@@ -1,7 +1,9 @@
 """gRPC servicers of the reporting process: proto ⇄ domain translation only.
 
-The audit ledger's and the incidents' servicers are real; the rest answer
-UNIMPLEMENTED until their issue lands, behind the same principal verification.
+The audit ledger's, the incidents', the refuted rumours' and the security
+assessments' servicers are real (the last two in their own packages); the
+rest answer UNIMPLEMENTED until their issue lands, behind the same principal
+verification.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from services.reporting.ledger.server import AuditLedgerServicer
 
 AUDIT_LEDGER = "avgate.reporting.v1.AuditLedgerService"
 INCIDENTS = "avgate.reporting.v1.IncidentService"
+RUMORS = "avgate.reporting.v1.RumorService"
+ASSESSMENTS = "avgate.reporting.v1.AssessmentService"
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -305,13 +309,23 @@ class IncidentServicer(reporting_pb2_grpc.IncidentServiceServicer):
         return reporting_pb2.AcknowledgeIncidentResponse(incident=incident_to_proto(incident))
 
 
-def registrations(ledger: AuditLedgerServicer, incidents: IncidentServicer) -> list[ServiceRegistration]:
-    real = {AUDIT_LEDGER, INCIDENTS}
+def registrations(
+    ledger: AuditLedgerServicer,
+    incidents: IncidentServicer,
+    rumors: reporting_pb2_grpc.RumorServiceServicer,
+    assessments: reporting_pb2_grpc.AssessmentServiceServicer,
+) -> list[ServiceRegistration]:
+    """Every reporting service; `rumors` and `assessments` are the servicers of
+    services.reporting.rumors and .assessments (typed by their generated bases:
+    those modules build on this one)."""
+    real = {AUDIT_LEDGER, INCIDENTS, RUMORS, ASSESSMENTS}
     others = [
         r for r in unimplemented_registrations(reporting_pb2, reporting_pb2_grpc) if not real & set(r.service_names)
     ]
     return [
         ServiceRegistration(ledger, reporting_pb2_grpc.add_AuditLedgerServiceServicer_to_server, [AUDIT_LEDGER]),
         ServiceRegistration(incidents, reporting_pb2_grpc.add_IncidentServiceServicer_to_server, [INCIDENTS]),
+        ServiceRegistration(rumors, reporting_pb2_grpc.add_RumorServiceServicer_to_server, [RUMORS]),
+        ServiceRegistration(assessments, reporting_pb2_grpc.add_AssessmentServiceServicer_to_server, [ASSESSMENTS]),
         *others,
     ]

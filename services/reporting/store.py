@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy.exc
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import ColumnElement, TextClause, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from avgate.kernel.outbox import OutboxEvent, enqueue
@@ -147,12 +147,7 @@ class SqlIncidentStore:
             return
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
-                for item in new:
-                    await ledger_append(conn, item.audit)
-                    for report in item.reports:
-                        event = OutboxEvent(report.destination, report.payload, report.event_id)
-                        await enqueue(conn, event, schema=SCHEMA)
+                await write_incidents(conn, new)
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the (tenant, external id) key can collide: incident ids are random.
             if "incidents_tenant_external_id_key" not in str(exc.orig):
@@ -184,33 +179,12 @@ class SqlIncidentStore:
 
     async def list(self, query: IncidentQuery, *, after: Cursor | None, limit: int) -> builtins.list[Incident]:
         c = incidents.c
-        statement = select(incidents).order_by(c.create_time.desc(), c.incident_id.desc()).limit(limit)
-        if query.tenant_ids is not None:
-            statement = statement.where(c.tenant_id.in_(query.tenant_ids))
-        if query.departments is not None:
-            statement = statement.where(c.route_departments.overlap(list(query.departments)))
-        for n, prefixes in enumerate(query.region_prefix_sets):
-            # Prefixes are digits only (validated), so LIKE needs no escaping.
-            statement = statement.where(
-                text(
-                    f"exists (select 1 from unnest(reporting.incidents.route_regions) as r(code) "
-                    f"where r.code like any(cast(:region_patterns_{n} as text[])))"
-                ).bindparams(**{f"region_patterns_{n}": [f"{p}%" for p in prefixes]})
-            )
-        if query.categories is not None:
-            statement = statement.where(c.category.in_([x.value for x in query.categories]))
-        if query.statuses is not None:
-            statement = statement.where(c.status.in_([x.value for x in query.statuses]))
-        if query.sources is not None:
-            statement = statement.where(c.source.in_([x.value for x in query.sources]))
-        if query.created_from is not None:
-            statement = statement.where(c.create_time >= query.created_from)
-        if query.created_before is not None:
-            statement = statement.where(c.create_time < query.created_before)
-        if query.content_id is not None:
-            statement = statement.where(c.content.contains([{"content_id": query.content_id}]))
-        if query.user_id is not None:
-            statement = statement.where(c.user_id == query.user_id)
+        statement = (
+            select(incidents)
+            .where(*incident_conditions(query))
+            .order_by(c.create_time.desc(), c.incident_id.desc())
+            .limit(limit)
+        )
         if after is not None:
             statement = statement.where(
                 or_(c.create_time < after[0], and_(c.create_time == after[0], c.incident_id < after[1]))
@@ -241,6 +215,57 @@ class SqlIncidentStore:
     async def record(self, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:
             await ledger_append(conn, audit)
+
+
+# --------------------------------------------------------------------------- shared with other reporting records
+
+
+async def write_incidents(conn: AsyncConnection, new: Sequence[NewIncident]) -> None:
+    """Writes incidents with their ledger entries and reports in the caller's open transaction.
+
+    For records reported as incidents (security assessments): their own row
+    and the incident commit together. An IntegrityError names the key that
+    collided; the caller's transaction is then lost.
+    """
+    await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
+    for item in new:
+        await ledger_append(conn, item.audit)
+        for report in item.reports:
+            event = OutboxEvent(report.destination, report.payload, report.event_id)
+            await enqueue(conn, event, schema=SCHEMA)
+
+
+def incident_conditions(query: IncidentQuery) -> list[ColumnElement[bool] | TextClause]:
+    """`query` as conditions on reporting.incidents (for listings that join it, too)."""
+    c = incidents.c
+    conditions: list[ColumnElement[bool] | TextClause] = []
+    if query.tenant_ids is not None:
+        conditions.append(c.tenant_id.in_(query.tenant_ids))
+    if query.departments is not None:
+        conditions.append(c.route_departments.overlap(list(query.departments)))
+    for n, prefixes in enumerate(query.region_prefix_sets):
+        # Prefixes are digits only (validated), so LIKE needs no escaping.
+        conditions.append(
+            text(
+                f"exists (select 1 from unnest(reporting.incidents.route_regions) as r(code) "
+                f"where r.code like any(cast(:region_patterns_{n} as text[])))"
+            ).bindparams(**{f"region_patterns_{n}": [f"{p}%" for p in prefixes]})
+        )
+    if query.categories is not None:
+        conditions.append(c.category.in_([x.value for x in query.categories]))
+    if query.statuses is not None:
+        conditions.append(c.status.in_([x.value for x in query.statuses]))
+    if query.sources is not None:
+        conditions.append(c.source.in_([x.value for x in query.sources]))
+    if query.created_from is not None:
+        conditions.append(c.create_time >= query.created_from)
+    if query.created_before is not None:
+        conditions.append(c.create_time < query.created_before)
+    if query.content_id is not None:
+        conditions.append(c.content.contains([{"content_id": query.content_id}]))
+    if query.user_id is not None:
+        conditions.append(c.user_id == query.user_id)
+    return conditions
 
 
 # --------------------------------------------------------------------------- rows ⇄ domain
