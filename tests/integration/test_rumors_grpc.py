@@ -6,6 +6,7 @@ tenancy, retirement, and matching (also across replicas)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import uuid
@@ -214,6 +215,11 @@ class TestAdding:
         first = await reporting.main.add(provider(tenant), "add-1")
         again = await reporting.main.add(provider(tenant), "add-1")
         assert again == first
+        assert reporting.sql("select count(*) from reporting.refuted_rumors where tenant_id = :t", t=tenant)[0][0] == 1
+
+    async def test_concurrent_retries_add_one_entry(self, reporting: Reporting, tenant: str) -> None:
+        added = await asyncio.gather(*(reporting.main.add(provider(tenant), "add-race") for _ in range(4)))
+        assert all(a == added[0] for a in added)
         assert reporting.sql("select count(*) from reporting.refuted_rumors where tenant_id = :t", t=tenant)[0][0] == 1
 
     async def test_the_same_request_id_with_other_content_is_a_conflict(
