@@ -1,7 +1,7 @@
 """Composition root of the reporting process: settings → engine and ledger
 reader → sequencer → outbox dispatcher to the authorities → incident store
-and service → evidence key ring, blob store, store and service → servicers →
-server."""
+and service → evidence key ring, blob store, store and service → refuted-rumour
+and assessment stores and services → feed and exports → servicers → server."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from avgate.kernel.outbox import Delivery, Dispatcher, OutboxMetrics
 from avgate.kernel.process import run, service_process
 from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
+from services.reporting.assessments.server import AssessmentServicer
+from services.reporting.assessments.service import AssessmentService
+from services.reporting.assessments.store import SqlAssessmentStore
 from services.reporting.config import FileAuthority, ReportingSettings
 from services.reporting.domain import RoutingRules
 from services.reporting.evidence.blobs import FilesystemBlobStore
@@ -38,6 +41,9 @@ from services.reporting.incidents import IncidentService
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
 from services.reporting.ledger.store import LedgerReader
+from services.reporting.rumors.server import RumorServicer
+from services.reporting.rumors.service import RumorService
+from services.reporting.rumors.store import SqlRumorStore
 from services.reporting.server import IncidentServicer, incident_payload, registrations
 from services.reporting.store import SCHEMA, FeedWriter, SqlIncidentStore
 
@@ -164,6 +170,12 @@ async def compose(settings: ReportingSettings, *, clock: Callable[[], datetime] 
         max_bytes=settings.evidence_max_bytes,
         clock=clock,
     )
+    rumors = RumorService(
+        SqlRumorStore(engine),
+        default_threshold=settings.rumor_match_threshold,
+        refresh_seconds=settings.rumor_index_refresh_seconds,
+    )
+    assessments = AssessmentService(SqlAssessmentStore(engine, incident_store.write_new), incidents)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     ledger_reader = LedgerReader(pool)
@@ -206,7 +218,14 @@ async def compose(settings: ReportingSettings, *, clock: Callable[[], datetime] 
 
     return service_process(
         settings,
-        registrations(ledger_servicer, IncidentServicer(incidents), feed, EvidenceServicer(evidence)),
+        registrations(
+            ledger_servicer,
+            IncidentServicer(incidents),
+            feed,
+            EvidenceServicer(evidence),
+            RumorServicer(rumors),
+            AssessmentServicer(assessments),
+        ),
         background=background,
         on_shutdown=[close],
         registry=registry,

@@ -60,6 +60,11 @@ class ReportingSettings(ProcessSettings):
     dispatcher_max_attempts: int = Field(default=10, ge=1)
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
+    # MatchText: the score a refuted rumour must reach when the request names no threshold.
+    rumor_match_threshold: float = Field(default=0.6, gt=0, le=1)
+    # How often, at most, a replica asks the database whether other replicas changed the rumour registry.
+    rumor_index_refresh_seconds: float = Field(default=2.0, gt=0)
+
     # The evidence store. Sealed objects go under this directory (default <state_dir>/evidence,
     # a local stand-in: production mounts a persistent volume and names it).
     evidence_dir: pathlib.Path | None = None

@@ -267,6 +267,10 @@ DEFAULT_ROUTING: Mapping[IncidentCategory, tuple[str, ...]] = {
     IncidentCategory.RUMOR: ("cyberspace",),
     IncidentCategory.ENFORCEMENT_ACTION: ("cyberspace", "culture_tourism"),
     IncidentCategory.COMPLAINT_ESCALATION: ("cyberspace",),
+    # Assessment reports go to the cyberspace department and the public security organs (Provisions on
+    # Security Assessment of Internet Information Services with Public-Opinion Attributes or
+    # Social-Mobilisation Capacity, 2018, Art. 7).
+    IncidentCategory.SECURITY_ASSESSMENT: ("cyberspace", "public_security"),
 }
 FALLBACK_DEPARTMENTS: tuple[str, ...] = ("cyberspace",)
 

@@ -251,6 +251,22 @@ class IncidentService:
             return BatchOutcome(False, [r if r.error is not None else ItemResult() for r in results]), []
         return BatchOutcome(True, results), new
 
+    def prepare(self, caller: Principal, incident: IncidentInput) -> NewIncident:
+        """Validates `incident` and builds everything its creation writes, without writing it.
+
+        For a record reported as an incident (a security assessment): its
+        store writes the record and this incident in one transaction
+        (services.reporting.store.SqlIncidentStore.write_new). Field violations are
+        named under "incident.".
+        """
+        caller.require_role(Role.PROVIDER, Role.OPERATOR)
+        normalised = self._validate(caller, incident, "incident.")
+        return self._new_incident(caller, normalised, content_hash(normalised, normalised.tenant_id))
+
+    def visible(self, caller: Principal, incident_filter: IncidentFilter | None = None) -> IncidentQuery | None:
+        """The incidents `caller` may list, narrowed by `incident_filter`; None when that is none at all."""
+        return scoped_query(caller, incident_filter or IncidentFilter())
+
     def _new_incident(self, caller: Principal, normalised: IncidentInput, digest: bytes) -> NewIncident:
         assert normalised.category is not None and normalised.source is not None
         now = self._clock()

@@ -1,7 +1,8 @@
 """gRPC servicers of the reporting process: proto ⇄ domain translation only.
 
-The audit ledger's, the incidents' and the evidence store's servicers are
-real (the evidence servicer lives in services.reporting.evidence.server); the
+The audit ledger's, the incidents', the feed's, the evidence store's, the
+refuted rumours' and the security assessments' servicers are real (the others
+in their own packages); the
 rest answer UNIMPLEMENTED until their issue lands, behind the same principal
 verification.
 """
@@ -47,6 +48,8 @@ from services.reporting.ledger.server import AuditLedgerServicer
 AUDIT_LEDGER = "avgate.reporting.v1.AuditLedgerService"
 INCIDENTS = "avgate.reporting.v1.IncidentService"
 FEED = "avgate.reporting.v1.RegulatorFeedService"
+RUMORS = "avgate.reporting.v1.RumorService"
+ASSESSMENTS = "avgate.reporting.v1.AssessmentService"
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -325,8 +328,12 @@ def registrations(
     incidents: IncidentServicer,
     feed: reporting_pb2_grpc.RegulatorFeedServiceServicer,
     evidence: EvidenceServicer,
+    rumors: reporting_pb2_grpc.RumorServiceServicer,
+    assessments: reporting_pb2_grpc.AssessmentServiceServicer,
 ) -> list[ServiceRegistration]:
-    real = {AUDIT_LEDGER, INCIDENTS, FEED, EVIDENCE}
+    """Every reporting service; the feed's, rumours' and assessments' servicers are typed by
+    their generated bases (their modules build on this one)."""
+    real = {AUDIT_LEDGER, INCIDENTS, FEED, EVIDENCE, RUMORS, ASSESSMENTS}
     others = [
         r for r in unimplemented_registrations(reporting_pb2, reporting_pb2_grpc) if not real & set(r.service_names)
     ]
@@ -335,5 +342,7 @@ def registrations(
         ServiceRegistration(incidents, reporting_pb2_grpc.add_IncidentServiceServicer_to_server, [INCIDENTS]),
         ServiceRegistration(feed, reporting_pb2_grpc.add_RegulatorFeedServiceServicer_to_server, [FEED]),
         ServiceRegistration(evidence, reporting_pb2_grpc.add_EvidenceServiceServicer_to_server, [EVIDENCE]),
+        ServiceRegistration(rumors, reporting_pb2_grpc.add_RumorServiceServicer_to_server, [RUMORS]),
+        ServiceRegistration(assessments, reporting_pb2_grpc.add_AssessmentServiceServicer_to_server, [ASSESSMENTS]),
         *others,
     ]

@@ -187,13 +187,7 @@ class SqlIncidentStore:
             return
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
-                await self._feed.write(conn, FeedKind.INCIDENT_CREATED, [item.incident for item in new])
-                for item in new:
-                    await ledger_append(conn, item.audit)
-                    for report in item.reports:
-                        event = OutboxEvent(report.destination, report.payload, report.event_id)
-                        await enqueue(conn, event, schema=SCHEMA)
+                await self.write_new(conn, new)
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the (tenant, external id) key can collide: incident ids are random.
             if "incidents_tenant_external_id_key" not in str(exc.orig):
@@ -216,6 +210,21 @@ class SqlIncidentStore:
         (incident,) = await _with_attachments(conn, [_from_row(row)])
         return incident
 
+    async def write_new(self, conn: AsyncConnection, new: Sequence[NewIncident]) -> None:
+        """Writes incidents with their feed items, ledger entries and reports in the caller's open transaction.
+
+        Also for records reported as incidents (security assessments): their own
+        row and the incident commit together. An IntegrityError names the key
+        that collided; the caller's transaction is then lost.
+        """
+        await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
+        await self._feed.write(conn, FeedKind.INCIDENT_CREATED, [item.incident for item in new])
+        for item in new:
+            await ledger_append(conn, item.audit)
+            for report in item.reports:
+                event = OutboxEvent(report.destination, report.payload, report.event_id)
+                await enqueue(conn, event, schema=SCHEMA)
+
     async def publish_update(self, conn: AsyncConnection, incident_id: str) -> None:
         """A regulator-feed item for an incident changed in `conn`'s transaction (evidence attached, ...)."""
         incident = await self._get(conn, incident_id)
@@ -234,12 +243,12 @@ class SqlIncidentStore:
 
     async def list(self, query: IncidentQuery, *, after: Cursor | None, limit: int) -> builtins.list[Incident]:
         c = incidents.c
-        statement = select(incidents).order_by(c.create_time.desc(), c.incident_id.desc()).limit(limit)
-        statement = statement.where(*query_conditions(incidents, query))
-        if query.content_id is not None:
-            statement = statement.where(c.content.contains([{"content_id": query.content_id}]))
-        if query.user_id is not None:
-            statement = statement.where(c.user_id == query.user_id)
+        statement = (
+            select(incidents)
+            .where(*incident_conditions(query))
+            .order_by(c.create_time.desc(), c.incident_id.desc())
+            .limit(limit)
+        )
         if after is not None:
             statement = statement.where(
                 or_(c.create_time < after[0], and_(c.create_time == after[0], c.incident_id < after[1]))
@@ -271,6 +280,20 @@ class SqlIncidentStore:
     async def record(self, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:
             await ledger_append(conn, audit)
+
+
+# --------------------------------------------------------------------------- shared with other reporting records
+
+
+def incident_conditions(query: IncidentQuery) -> list[ColumnElement[bool] | TextClause]:
+    """`query` as conditions on reporting.incidents (for listings that join it, too)."""
+    c = incidents.c
+    conditions = query_conditions(incidents, query)
+    if query.content_id is not None:
+        conditions.append(c.content.contains([{"content_id": query.content_id}]))
+    if query.user_id is not None:
+        conditions.append(c.user_id == query.user_id)
+    return conditions
 
 
 def query_conditions(table: Table, query: IncidentQuery) -> builtins.list[ColumnElement[bool] | TextClause]:
