@@ -1,6 +1,7 @@
 """Composition root of the reporting process: settings → engine and ledger
-reader → sequencer → outbox dispatcher to the authorities → incident store
-and service → servicers → server."""
+reader → sequencer → outbox dispatcher to the authorities (recording each
+delivery's attempts and its incident's status) → incident and delivery
+stores and services → servicers → server."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ from avgate.kernel.process import run, service_process
 from avgate.kernel.settings import Environment
 from avgate.ledger.checkpoint import NoteSigner
 from services.reporting.config import FileAuthority, ReportingSettings
+from services.reporting.deliveries.domain import AdapterKind
+from services.reporting.deliveries.server import DeliveryServicer
+from services.reporting.deliveries.service import DeliveryService
+from services.reporting.deliveries.store import SqlDeliveryStore, record_outcomes
 from services.reporting.domain import RoutingRules
 from services.reporting.incidents import IncidentService
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
@@ -81,8 +86,20 @@ def delivery_signer(settings: ReportingSettings) -> SigningKey:
     return SigningKey(settings.process_name, load_private_key(settings.own_signing_key_file))
 
 
+def authority_adapters(settings: ReportingSettings) -> dict[str, AdapterKind]:
+    """The adapter kind each department's endpoint is configured with (what DeliveryService shows)."""
+    return {
+        department: AdapterKind.FILE_DROP if isinstance(spec, FileAuthority) else AdapterKind.HTTP_JSON
+        for department, spec in settings.authority_specs().items()
+    }
+
+
 def authority_dispatcher(settings: ReportingSettings, url: str, registry: CollectorRegistry) -> Dispatcher:
-    """The dispatcher of reporting.outbox (reports to the authorities), on reporting's own URL."""
+    """The dispatcher of reporting.outbox (reports to the authorities), on reporting's own URL.
+
+    Each recorded outcome also writes the delivery's attempt history and settles its
+    incident's status, in the same transaction (`record_outcomes`).
+    """
     return Dispatcher(
         libpq_url(url),
         SCHEMA,
@@ -90,8 +107,10 @@ def authority_dispatcher(settings: ReportingSettings, url: str, registry: Collec
         max_attempts=settings.dispatcher_max_attempts,
         base_delay=settings.dispatcher_base_delay,
         max_delay=settings.dispatcher_max_delay,
+        lease_seconds=settings.dispatcher_lease_seconds,
         signer=delivery_signer(settings),
         metrics=OutboxMetrics(registry),
+        on_recorded=record_outcomes,
     )
 
 
@@ -110,8 +129,13 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
             dispatcher = authority_dispatcher(settings, url, registry)
         except (ValueError, OSError) as exc:
             sys.exit(f"reporting: {exc}")
+    try:
+        adapters = authority_adapters(settings)
+    except ValueError as exc:
+        sys.exit(f"reporting: {exc}")
     engine = create_engine_for(url)
     incidents = IncidentService(SqlIncidentStore(engine), routing)
+    deliveries = DeliveryService(SqlDeliveryStore(engine), adapters)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     background = []
@@ -135,7 +159,9 @@ async def compose(settings: ReportingSettings) -> GrpcProcess:
 
     return service_process(
         settings,
-        registrations(AuditLedgerServicer(LedgerReader(pool)), IncidentServicer(incidents)),
+        registrations(
+            AuditLedgerServicer(LedgerReader(pool)), IncidentServicer(incidents), DeliveryServicer(deliveries)
+        ),
         background=background,
         on_shutdown=[close],
         registry=registry,

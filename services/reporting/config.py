@@ -59,6 +59,9 @@ class ReportingSettings(ProcessSettings):
     dispatcher_max_attempts: int = Field(default=10, ge=1)
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
+    # How long an attempt may run before another replica may take the report over (a crashed
+    # dispatcher's reports wait this long); keep it above the slowest authority's timeout.
+    dispatcher_lease_seconds: float = Field(default=60.0, gt=0)
 
     @property
     def own_ledger_key_file(self) -> pathlib.Path:

@@ -1,6 +1,6 @@
 """gRPC servicers of the reporting process: proto ⇄ domain translation only.
 
-The audit ledger's and the incidents' servicers are real; the rest answer
+The audit ledger's, the incidents' and the deliveries' servicers are real; the rest answer
 UNIMPLEMENTED until their issue lands, behind the same principal verification.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -40,8 +40,12 @@ from services.reporting.domain import (
 from services.reporting.incidents import IncidentService, ItemResult
 from services.reporting.ledger.server import AuditLedgerServicer
 
+if TYPE_CHECKING:  # deliveries' servicer imports this module's enum helpers
+    from services.reporting.deliveries.server import DeliveryServicer
+
 AUDIT_LEDGER = "avgate.reporting.v1.AuditLedgerService"
 INCIDENTS = "avgate.reporting.v1.IncidentService"
+DELIVERIES = "avgate.reporting.v1.DeliveryService"
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -305,13 +309,16 @@ class IncidentServicer(reporting_pb2_grpc.IncidentServiceServicer):
         return reporting_pb2.AcknowledgeIncidentResponse(incident=incident_to_proto(incident))
 
 
-def registrations(ledger: AuditLedgerServicer, incidents: IncidentServicer) -> list[ServiceRegistration]:
-    real = {AUDIT_LEDGER, INCIDENTS}
+def registrations(
+    ledger: AuditLedgerServicer, incidents: IncidentServicer, deliveries: DeliveryServicer
+) -> list[ServiceRegistration]:
+    real = {AUDIT_LEDGER, INCIDENTS, DELIVERIES}
     others = [
         r for r in unimplemented_registrations(reporting_pb2, reporting_pb2_grpc) if not real & set(r.service_names)
     ]
     return [
         ServiceRegistration(ledger, reporting_pb2_grpc.add_AuditLedgerServiceServicer_to_server, [AUDIT_LEDGER]),
         ServiceRegistration(incidents, reporting_pb2_grpc.add_IncidentServiceServicer_to_server, [INCIDENTS]),
+        ServiceRegistration(deliveries, reporting_pb2_grpc.add_DeliveryServiceServicer_to_server, [DELIVERIES]),
         *others,
     ]

@@ -2,7 +2,8 @@
 in-memory fake for unit tests (both pass one contract suite).
 
 A creation writes the incident, its ledger entry and one outbox event per
-routed department in one transaction; an acknowledgement writes the change
+routed department (with what the report is about, for DeliveryService) in
+one transaction; an acknowledgement writes the change
 and its ledger entry in one transaction. Delivering the outbox events to the
 authorities is the dispatcher's job (wired in services.reporting.__main__).
 """
@@ -24,9 +25,11 @@ from avgate.kernel.outbox import OutboxEvent, enqueue
 from avgate.kernel.paging import Cursor
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
+from services.reporting.deliveries.store import Subject, add_subjects
 from services.reporting.domain import (
     Acknowledgement,
     ActionTaken,
+    AuthorityReport,
     ContentRef,
     EvidenceRef,
     ExternalIdTaken,
@@ -153,6 +156,7 @@ class SqlIncidentStore:
                     for report in item.reports:
                         event = OutboxEvent(report.destination, report.payload, report.event_id)
                         await enqueue(conn, event, schema=SCHEMA)
+                await add_subjects(conn, [_subject(item.incident, r) for item in new for r in item.reports])
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the (tenant, external id) key can collide: incident ids are random.
             if "incidents_tenant_external_id_key" not in str(exc.orig):
@@ -244,6 +248,16 @@ class SqlIncidentStore:
 
 
 # --------------------------------------------------------------------------- rows ⇄ domain
+
+
+def _subject(incident: Incident, report: AuthorityReport) -> Subject:
+    return Subject(
+        event_id=report.event_id,
+        tenant_id=incident.tenant_id,
+        subject_id=incident.incident_id,
+        department=report.destination.removeprefix("authority:"),
+        region_code=incident.input.region_code,
+    )
 
 
 def _ack_to_json(ack: Acknowledgement) -> dict[str, Any]:
