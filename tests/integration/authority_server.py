@@ -27,8 +27,9 @@ class Request:
     document: dict[str, Any]
     received_at: float
     client_port: int
-    status: int | None = None  # None while held (or never answered)
+    status: int | None = None  # None until answered (held, or still being handled)
     answer_sha256: str = ""
+    held: bool = False
 
 
 @dataclass
@@ -54,7 +55,12 @@ class AuthorityServer:
             return Counter(r.idempotency_key for r in self.raw)
 
     def held(self) -> list[Request]:
-        """Requests received and not answered (yet)."""
+        """Requests being held open, not answered (yet)."""
+        with self._lock:
+            return [r for r in self.raw if r.held and r.status is None]
+
+    def unanswered(self) -> list[Request]:
+        """Requests received and not answered (yet): held, or still being handled."""
         with self._lock:
             return [r for r in self.raw if r.status is None]
 
@@ -77,8 +83,8 @@ class AuthorityServer:
             request = Request(key, document, time.monotonic(), client_port)
             nth = sum(1 for r in self.raw if r.document.get("event_id") == document.get("event_id")) + 1
             self.raw.append(request)
-            hold = self.hold_after is not None and len(self.raw) > self.hold_after
-            return request, hold, nth
+            request.held = self.hold_after is not None and len(self.raw) > self.hold_after
+            return request, request.held, nth
 
     def _answer(self, request: Request, nth: int) -> tuple[int, bytes]:
         status = self.policy(request.document.get("event_id", ""), nth)
