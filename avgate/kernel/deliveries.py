@@ -45,6 +45,7 @@ from avgate.kernel.outbox import (
     RetryableDeliveryError,
     verify_delivery,
 )
+from avgate.ledger.entry import canonical_json
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
@@ -93,14 +94,17 @@ def verify_document(document: Mapping[str, Any], trusted: Mapping[str, Ed25519Pu
 
 
 def _canonical_json(payload: bytes) -> Any | None:
+    """The payload as JSON when it is RFC 8785 canonical JSON, else None."""
     try:
         value = json.loads(payload)
     except (UnicodeDecodeError, ValueError):
         return None
     try:
-        return value if rfc8785.dumps(value) == payload else None
+        # The ledger's encoder: Python's own where provably the same as RFC 8785 (5x faster per report).
+        canonical = canonical_json(value) if isinstance(value, dict) else rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, ValueError, TypeError):
         return None
+    return value if canonical == payload else None
 
 
 def _body(document: Mapping[str, Any]) -> bytes:

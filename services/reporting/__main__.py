@@ -77,7 +77,9 @@ def authority_deliveries(settings: ReportingSettings) -> dict[str, Delivery]:
                 raise ValueError(
                     f"REPORTING_AUTHORITIES: department {department!r}: cannot read bearer_token_file: {exc}"
                 ) from exc
-        deliveries[destination] = HttpJsonDelivery(spec.url, bearer_token=token, timeout=spec.timeout, embed_json=True)
+        deliveries[destination] = HttpJsonDelivery(
+            spec.url, bearer_token=token, timeout=spec.timeout, embed_json=True, keep_alive=spec.keep_alive
+        )
     return deliveries
 
 

@@ -22,7 +22,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
@@ -158,21 +157,17 @@ async def settle_incidents(
     """Brings the incidents these deliveries belong to to the status their deliveries imply
     (`incident_status_after`); returns the incidents changed with their new status."""
     driver = await transaction_driver(conn, "settle_incidents")
-    cur = await driver.execute(
-        "select distinct subject_id from reporting.delivery_subjects "
-        "where event_id = any(%s) and subject_kind = 'incident' order by subject_id",
-        (list(event_ids),),
-    )
-    incident_ids = [str(r[0]) for r in await cur.fetchall()]
-    if not incident_ids:
-        return {}
     # Locked in id order (no deadlock between replicas); the counts below are read after the lock.
     cur = await driver.execute(
-        "select incident_id, status from reporting.incidents where incident_id = any(%s) "
+        "select incident_id, status from reporting.incidents where incident_id in "
+        "(select subject_id from reporting.delivery_subjects where event_id = any(%s) and subject_kind = 'incident') "
         "order by incident_id for update",
-        (incident_ids,),
+        (list(event_ids),),
     )
     current = {str(r[0]): IncidentStatus(r[1]) for r in await cur.fetchall()}
+    if not current:
+        return {}
+    incident_ids = list(current)
     cur = await driver.execute(
         "select s.subject_id, o.state, count(*) from reporting.delivery_subjects s "
         "join reporting.outbox o on o.event_id = s.event_id "
@@ -182,24 +177,16 @@ async def settle_incidents(
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for incident_id, state, n in await cur.fetchall():
         counts[str(incident_id)][str(state)] = int(n)
-    changed: dict[str, IncidentStatus] = {}
-    now = datetime.now(UTC)
-    for incident_id, status in current.items():
-        wanted = incident_status_after(status, counts[incident_id])
-        if wanted is status:
-            continue
-        previous = await set_incident_status(
-            driver,
-            incident_id,
-            wanted,
-            actor=actor,
-            reason=reason,
-            data={"deliveries": dict(sorted(counts[incident_id].items()))},
-            at=now,
-        )
-        if previous is not None:
-            changed[incident_id] = wanted
-    return changed
+    wanted = {i: incident_status_after(status, counts[i]) for i, status in current.items()}
+    changes = {i: status for i, status in wanted.items() if status is not current[i]}
+    await set_incident_status(
+        driver,
+        changes,
+        actor=actor,
+        reason=reason,
+        data={i: {"deliveries": dict(sorted(counts[i].items()))} for i in changes},
+    )
+    return changes
 
 
 # --------------------------------------------------------------------------- the store
