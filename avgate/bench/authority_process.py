@@ -6,7 +6,7 @@ Serves HTTP/1.1 (keep-alive) on a free loopback port and prints the port.
 Each POST is answered 503 with probability FAILURE_RATE (a retryable
 failure), else 200 with a receipt; an idempotency key seen before is
 answered 200 and counted as a duplicate. GET /stats answers the counts
-(raw requests, accepted keys, duplicates, 503s, connections). It stops by
+(raw requests, accepted keys, duplicates, 503s, connections that carried reports). It stops by
 itself: on SIGTERM, when its standard input closes (the benchmark is gone),
 or after ten idle minutes.
 """
@@ -34,14 +34,17 @@ class Intake:
         self.raw = 0
         self.failed = 0
         self.duplicates = 0
-        self.connections: set[tuple[str, int]] = set()
+        self.connections = 0
         self.last_seen = time.monotonic()
 
-    def answer(self, key: str, peer: tuple[str, int]) -> tuple[int, bytes]:
+    def connected(self) -> None:
+        with self.lock:
+            self.connections += 1
+
+    def answer(self, key: str) -> tuple[int, bytes]:
         with self.lock:
             self.last_seen = time.monotonic()
             self.raw += 1
-            self.connections.add(peer)
             if self.rng.random() < self.failure_rate:
                 self.failed += 1
                 return 503, b'{"error":"injected failure"}'
@@ -58,7 +61,7 @@ class Intake:
                 "accepted": len(self.accepted),
                 "duplicates": self.duplicates,
                 "failed": self.failed,
-                "connections": len(self.connections),
+                "connections": self.connections,
             }
 
 
@@ -71,9 +74,14 @@ def serve(failure_rate: float, seed: int) -> None:
         # back until the client's delayed ACK (40 ms) on a kept-alive connection.
         disable_nagle_algorithm = True
 
+        counted = False  # per connection: the handler lives as long as its connection
+
         def do_POST(self) -> None:
+            if not self.counted:
+                self.counted = True
+                intake.connected()
             self.rfile.read(int(self.headers["Content-Length"]))
-            status, body = intake.answer(self.headers.get("Idempotency-Key", ""), self.client_address[:2])
+            status, body = intake.answer(self.headers.get("Idempotency-Key", ""))
             self._send(status, body)
 
         def do_GET(self) -> None:

@@ -20,6 +20,11 @@ never deliver the same attempt twice; an event may still be delivered more
 than once (a crash between delivery and recording), which is why every
 delivery carries the event id as its idempotency key.
 
+The owning service's own bookkeeping (an attempt history, the state of the
+thing delivered) goes in an `on_recorded` hook that the dispatcher runs in
+the transaction recording the outcomes, so it commits with them or not at
+all; the outbox table itself is the same in every service.
+
 Origin: with a signer configured every delivery carries an Ed25519
 signature over the text
 
