@@ -7,7 +7,7 @@ before this revision get their subject rows from the incidents they carry.
 
 Revision ID: f9b4d6e8c0a2
 Revises: b3e5d1a7c902
-Create Date: 2026-12-04
+Create Date: 2026-11-30
 """
 
 from collections.abc import Sequence
