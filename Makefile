@@ -72,6 +72,7 @@ check: lint test ## Exactly what CI runs
 .PHONY: bench
 bench: install ## Run the benchmarks (side by side, figures go to docs/BENCHMARKS.md)
 	$(BIN)/avgate bench ledger
+	$(BIN)/avgate bench dispatcher
 	$(BIN)/python -m pytest -m bench tests/bench -s
 
 .PHONY: clean

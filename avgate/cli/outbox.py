@@ -4,7 +4,9 @@ avgate outbox replay --service S [--event-id ID ...] [--database-url URL] [--rea
 
 Moves dead outbox events (all, or the ones named) back to pending so the
 service's dispatcher delivers them again, and records the replay in the
-audit ledger in the same transaction: either both happen or neither.
+audit ledger in the same transaction: either both happen or neither. For
+reporting the same transaction counts the replays and sets incidents that
+had failed delivery back to RECORDED (as DeliveryService's replay does).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import psycopg
 
@@ -32,6 +35,19 @@ MAX_IDS_IN_ENTRY = 500
 CLI_ACTOR = Principal(role=Role.OPERATOR, subject="avgate-cli")
 
 
+async def _reporting_replayed(conn: Any, event_ids: Sequence[uuid.UUID], reason: str) -> None:
+    from services.reporting.deliveries.store import apply_replays
+
+    await apply_replays(conn, event_ids, actor=CLI_ACTOR, reason=reason)
+
+
+# What a replay means to a service beyond its outbox rows (replay counts, the state of what
+# was being delivered), written in the replay's transaction.
+AFTER_REPLAY: dict[str, Callable[[Any, Sequence[uuid.UUID], str], Awaitable[None]]] = {
+    "reporting": _reporting_replayed,
+}
+
+
 async def replay(
     url: str, service: str, event_ids: Sequence[uuid.UUID] | None = None, *, reason: str = ""
 ) -> list[uuid.UUID]:
@@ -41,6 +57,8 @@ async def replay(
     schema = owner(service).schema
     async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn, conn.transaction():
         replayed = await replay_dead(conn, schema, event_ids=list(event_ids) if event_ids else None)
+        if replayed and service in AFTER_REPLAY:
+            await AFTER_REPLAY[service](conn, replayed, reason)
         if replayed:
             await append(
                 conn,

@@ -20,6 +20,11 @@ never deliver the same attempt twice; an event may still be delivered more
 than once (a crash between delivery and recording), which is why every
 delivery carries the event id as its idempotency key.
 
+The owning service's own bookkeeping (an attempt history, the state of the
+thing delivered) goes in an `on_recorded` hook that the dispatcher runs in
+the transaction recording the outcomes, so it commits with them or not at
+all; the outbox table itself is the same in every service.
+
 Origin: with a signer configured every delivery carries an Ed25519
 signature over the text
 
@@ -42,9 +47,9 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
@@ -77,6 +82,7 @@ from avgate.kernel.keys import SigningKey
 log = logging.getLogger(__name__)
 
 STATES = ("pending", "delivered", "dead")
+EXHAUSTED_UNREPORTED = "attempts exhausted: the last attempt's dispatcher did not report before its lease ended"
 SIGNATURE_CONTEXT = "avgate-outbox-delivery/v1"
 
 
@@ -166,13 +172,19 @@ class Receipt:
     """What the destination answered, kept with the delivered row (as JSON)."""
 
     details: Mapping[str, Any] = field(default_factory=dict)
+    http_status: int | None = None
+    """The HTTP status of the accepting answer, for HTTP adapters (not part of the stored JSON)."""
 
     def to_json(self) -> str:
         return json.dumps(dict(self.details), sort_keys=True, separators=(",", ":"), default=str)
 
 
 class DeliveryError(Exception):
-    """A delivery that did not succeed."""
+    """A delivery that did not succeed; `http_status` is the answer's status when there was one."""
+
+    def __init__(self, *args: object, http_status: int | None = None):
+        super().__init__(*args)
+        self.http_status = http_status
 
 
 class RetryableDeliveryError(DeliveryError):
@@ -321,12 +333,42 @@ class OutboxMetrics:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class AttemptOutcome:
+    """How one delivery attempt ended, as the dispatcher records it.
+
+    `kind`: delivered (with `receipt`, its JSON), retry (after `delay`
+    seconds) or dead. `refused` marks a permanent refusal by the destination
+    (as opposed to attempts exhausted). `started_at` is the wall clock when
+    the attempt began and `duration` its length in seconds; `http_status` is
+    the destination's answer for HTTP adapters.
+    """
+
     event: ClaimedEvent
     kind: Literal["delivered", "retry", "dead"]
     receipt: str | None = None
     error: str | None = None
     delay: float = 0.0
+    started_at: datetime | None = None
+    """None when unknown: the attempt's dispatcher never reported (see `EXHAUSTED_UNREPORTED`)."""
+    duration: float = 0.0
+    http_status: int | None = None
+    refused: bool = False
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return self.event.event_id
+
+    @property
+    def destination(self) -> str:
+        return self.event.destination
+
+    @property
+    def attempt(self) -> int:
+        return self.event.attempt
+
+
+OnRecorded = Callable[[psycopg.AsyncConnection[Any], Sequence[AttemptOutcome]], Awaitable[None]]
+"""A service's own bookkeeping, run in the transaction that records outcomes (see `Dispatcher`)."""
 
 
 class Dispatcher:
@@ -337,6 +379,16 @@ class Dispatcher:
     serve it) until it goes dead like any other failure. `batch_size` bounds
     the rows this replica holds at once: a row is claimed only when a
     delivery can start on it, so leases time deliveries, not queueing.
+
+    `on_recorded(conn, outcomes)`, when given, runs inside the transaction
+    that records outcomes, on the same psycopg connection, with exactly the
+    outcomes that were written (an attempt whose lease was lost is not
+    among them): the owning service writes its own rows (attempt history,
+    the state of what was delivered) so they commit with the outcome or
+    not at all. A row found dead at claim time (its last attempt's
+    dispatcher never reported) is passed too, as a dead outcome without a
+    start time. If the hook raises, nothing of the batch is recorded; the
+    dispatcher reconnects on database errors and tries the batch again.
     """
 
     def __init__(
@@ -355,6 +407,7 @@ class Dispatcher:
         metrics: OutboxMetrics | None = None,
         rng: random.Random | None = None,
         name: str | None = None,
+        on_recorded: OnRecorded | None = None,
     ):
         if max_attempts < 1 or batch_size < 1 or lease_seconds <= 0:
             raise ValueError("max_attempts and batch_size must be positive, and so must the lease")
@@ -369,11 +422,12 @@ class Dispatcher:
         self._poll_interval = poll_interval
         self._signer = signer
         self._metrics = metrics
+        self._on_recorded = on_recorded
         # Jitter needs spread, not secrecy.
         self._rng = rng or random.Random()  # noqa: S311
         self.name = name or f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
-        self._inflight: set[asyncio.Task[_Outcome]] = set()
-        self._finished: list[_Outcome] = []
+        self._inflight: set[asyncio.Task[AttemptOutcome]] = set()
+        self._finished: list[AttemptOutcome] = []
         self._gauges_at = 0.0
         s = sql.Identifier(schema)
         self._sql_claim = sql.SQL(
@@ -387,9 +441,8 @@ class Dispatcher:
             "where id = any(%s)"
         ).format(s)
         self._sql_exhausted = sql.SQL(
-            "update {}.outbox set state = 'dead', claimed_by = null, claimed_until = null, "
-            "last_error = 'attempts exhausted: the last attempt''s dispatcher did not report before its lease ended'"
-            " where id = any(%s) returning destination"
+            "update {}.outbox set state = 'dead', claimed_by = null, claimed_until = null, last_error = %s "
+            "where id = any(%s) returning id"
         ).format(s)
         fence = "o.id = v.id and o.attempts = v.attempts and o.claimed_by = %s and o.state = 'pending'"
         self._sql_delivered = sql.SQL(
@@ -506,10 +559,22 @@ class Dispatcher:
                 await conn.execute(self._sql_lease, (self.name, lease, lease, [r[0] for r in live]))
             if exhausted:
                 # The final attempt's dispatcher died (or max_attempts was lowered): dead, not one more try.
-                cur = await conn.execute(self._sql_exhausted, (exhausted,))
-                for (destination,) in await cur.fetchall():
+                cur = await conn.execute(self._sql_exhausted, (EXHAUSTED_UNREPORTED, exhausted))
+                gone = {int(r[0]) for r in await cur.fetchall()}
+                outcomes = [
+                    AttemptOutcome(
+                        ClaimedEvent(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4]), r[5]),
+                        "dead",
+                        error=EXHAUSTED_UNREPORTED,
+                    )
+                    for r in rows
+                    if int(r[0]) in gone
+                ]
+                if self._on_recorded is not None and outcomes:
+                    await self._on_recorded(conn, outcomes)
+                for o in outcomes:
                     if self._metrics is not None:
-                        self._metrics.dead.labels(self._schema, destination).inc()
+                        self._metrics.dead.labels(self._schema, o.destination).inc()
         return [
             ClaimedEvent(
                 id=int(r[0]),
@@ -529,27 +594,34 @@ class Dispatcher:
                 return delivery
         return None
 
-    async def attempt(self, event: ClaimedEvent) -> _Outcome:
+    async def attempt(self, event: ClaimedEvent) -> AttemptOutcome:
         """One delivery attempt; never raises (an outcome says what happened)."""
         delivery = self.delivery_for(event.destination)
+        started_at = datetime.now(UTC)
+        began = time.perf_counter()
+
+        def ended(kind: Literal["delivered", "retry", "dead"], **details: Any) -> AttemptOutcome:
+            return AttemptOutcome(event, kind, started_at=started_at, duration=time.perf_counter() - began, **details)
+
         try:
             if delivery is None:
                 raise RetryableDeliveryError(f"no delivery is configured for {event.destination!r}")
             receipt = await delivery.deliver(event)
         except PermanentDeliveryError as exc:
-            return _Outcome(event, "dead", error=_describe(exc))
+            return ended("dead", error=_describe(exc), http_status=exc.http_status, refused=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an adapter's bug must cost a retry, not the dispatcher
             if not isinstance(exc, RetryableDeliveryError):
                 log.exception("outbox delivery to %s failed unexpectedly", event.destination)
+            status = exc.http_status if isinstance(exc, DeliveryError) else None
             if event.attempt >= self._max_attempts:
-                return _Outcome(event, "dead", error=f"attempts exhausted; last: {_describe(exc)}")
+                return ended("dead", error=f"attempts exhausted; last: {_describe(exc)}", http_status=status)
             delay = backoff_delay(event.attempt - 1, base=self._base_delay, cap=self._max_delay, rng=self._rng)
-            return _Outcome(event, "retry", error=_describe(exc), delay=delay)
-        return _Outcome(event, "delivered", receipt=receipt.to_json())
+            return ended("retry", error=_describe(exc), delay=delay, http_status=status)
+        return ended("delivered", receipt=receipt.to_json(), http_status=receipt.http_status)
 
-    async def record(self, conn: psycopg.AsyncConnection[Any], outcomes: Sequence[_Outcome]) -> int:
+    async def record(self, conn: psycopg.AsyncConnection[Any], outcomes: Sequence[AttemptOutcome]) -> int:
         """Writes outcomes where this dispatcher still holds the attempt; returns how many were written."""
         delivered = [o for o in outcomes if o.kind == "delivered"]
         retried = [o for o in outcomes if o.kind == "retry"]
@@ -579,6 +651,8 @@ class Dispatcher:
                     self._sql_dead, (_ids(dead), _attempts(dead), [o.error for o in dead], self.name)
                 )
                 written.update(r[0] for r in await cur.fetchall())
+            if self._on_recorded is not None and written:
+                await self._on_recorded(conn, [o for o in outcomes if o.event.id in written])
         for o in outcomes:
             if o.event.id not in written:
                 log.warning(
@@ -601,11 +675,11 @@ class Dispatcher:
         return len(written)
 
 
-def _ids(outcomes: Sequence[_Outcome]) -> list[int]:
+def _ids(outcomes: Sequence[AttemptOutcome]) -> list[int]:
     return [o.event.id for o in outcomes]
 
 
-def _attempts(outcomes: Sequence[_Outcome]) -> list[int]:
+def _attempts(outcomes: Sequence[AttemptOutcome]) -> list[int]:
     return [o.event.attempt for o in outcomes]
 
 

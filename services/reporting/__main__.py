@@ -1,6 +1,7 @@
 """Composition root of the reporting process: settings → engine and ledger
-reader → sequencer → outbox dispatcher to the authorities → incident store
-and service → evidence key ring, blob store, store and service → refuted-rumour
+reader → sequencer → outbox dispatcher to the authorities (recording each
+delivery's attempts and its incident's status) → incident and delivery stores
+and services → evidence key ring, blob store, store and service → refuted-rumour
 and assessment stores and services → feed and exports → servicers → server."""
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from services.reporting.assessments.server import AssessmentServicer
 from services.reporting.assessments.service import AssessmentService
 from services.reporting.assessments.store import SqlAssessmentStore
 from services.reporting.config import FileAuthority, ReportingSettings
+from services.reporting.deliveries.domain import AdapterKind
+from services.reporting.deliveries.server import DeliveryServicer
+from services.reporting.deliveries.service import DeliveryService
+from services.reporting.deliveries.store import SqlDeliveryStore, record_outcomes
 from services.reporting.domain import RoutingRules
 from services.reporting.evidence.blobs import FilesystemBlobStore
 from services.reporting.evidence.crypto import KeyRing
@@ -119,7 +124,9 @@ def authority_deliveries(settings: ReportingSettings) -> dict[str, Delivery]:
                 raise ValueError(
                     f"REPORTING_AUTHORITIES: department {department!r}: cannot read bearer_token_file: {exc}"
                 ) from exc
-        deliveries[destination] = HttpJsonDelivery(spec.url, bearer_token=token, timeout=spec.timeout, embed_json=True)
+        deliveries[destination] = HttpJsonDelivery(
+            spec.url, bearer_token=token, timeout=spec.timeout, embed_json=True, keep_alive=spec.keep_alive
+        )
     return deliveries
 
 
@@ -128,8 +135,20 @@ def delivery_signer(settings: ReportingSettings) -> SigningKey:
     return SigningKey(settings.process_name, load_private_key(settings.own_signing_key_file))
 
 
+def authority_adapters(settings: ReportingSettings) -> dict[str, AdapterKind]:
+    """The adapter kind each department's endpoint is configured with (what DeliveryService shows)."""
+    return {
+        department: AdapterKind.FILE_DROP if isinstance(spec, FileAuthority) else AdapterKind.HTTP_JSON
+        for department, spec in settings.authority_specs().items()
+    }
+
+
 def authority_dispatcher(settings: ReportingSettings, url: str, registry: CollectorRegistry) -> Dispatcher:
-    """The dispatcher of reporting.outbox (reports to the authorities), on reporting's own URL."""
+    """The dispatcher of reporting.outbox (reports to the authorities), on reporting's own URL.
+
+    Each recorded outcome also writes the delivery's attempt history and settles its
+    incident's status, in the same transaction (`record_outcomes`).
+    """
     return Dispatcher(
         libpq_url(url),
         SCHEMA,
@@ -137,8 +156,10 @@ def authority_dispatcher(settings: ReportingSettings, url: str, registry: Collec
         max_attempts=settings.dispatcher_max_attempts,
         base_delay=settings.dispatcher_base_delay,
         max_delay=settings.dispatcher_max_delay,
+        lease_seconds=settings.dispatcher_lease_seconds,
         signer=delivery_signer(settings),
         metrics=OutboxMetrics(registry),
+        on_recorded=record_outcomes,
     )
 
 
@@ -157,6 +178,10 @@ async def compose(settings: ReportingSettings, *, clock: Callable[[], datetime] 
             dispatcher = authority_dispatcher(settings, url, registry)
         except (ValueError, OSError) as exc:
             sys.exit(f"reporting: {exc}")
+    try:
+        adapters = authority_adapters(settings)
+    except ValueError as exc:
+        sys.exit(f"reporting: {exc}")
     keys = evidence_keys(settings)
     engine = create_engine_for(url)
     incident_store = SqlIncidentStore(engine, FeedWriter(incident_payload))
@@ -176,6 +201,7 @@ async def compose(settings: ReportingSettings, *, clock: Callable[[], datetime] 
         refresh_seconds=settings.rumor_index_refresh_seconds,
     )
     assessments = AssessmentService(SqlAssessmentStore(engine, incident_store.write_new), incidents)
+    deliveries = DeliveryService(SqlDeliveryStore(engine), adapters)
     pool: AsyncConnectionPool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=10, open=False)
     await pool.open()
     ledger_reader = LedgerReader(pool)
@@ -219,12 +245,13 @@ async def compose(settings: ReportingSettings, *, clock: Callable[[], datetime] 
     return service_process(
         settings,
         registrations(
-            ledger_servicer,
-            IncidentServicer(incidents),
-            feed,
-            EvidenceServicer(evidence),
-            RumorServicer(rumors),
-            AssessmentServicer(assessments),
+            ledger=ledger_servicer,
+            incidents=IncidentServicer(incidents),
+            deliveries=DeliveryServicer(deliveries),
+            feed=feed,
+            evidence=EvidenceServicer(evidence),
+            rumors=RumorServicer(rumors),
+            assessments=AssessmentServicer(assessments),
         ),
         background=background,
         on_shutdown=[close],

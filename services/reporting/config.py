@@ -21,6 +21,8 @@ class HttpAuthority:
     url: str
     bearer_token_file: pathlib.Path | None = None
     timeout: float = 10.0
+    # Reuse connections (HTTP/1.1 keep-alive); false opens one per report, for endpoints that mishandle it.
+    keep_alive: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class ReportingSettings(ProcessSettings):
     # Categories not named keep their defaults (services.reporting.domain.DEFAULT_ROUTING).
     routing_rules: dict[str, list[str]] = {}
     # Where each department's reports go, as JSON by department:
-    #   {"cyberspace": {"type": "http", "url": "https://...", "bearer_token_file": "/run/secrets/t", "timeout": 10},
+    #   {"cyberspace": {"type": "http", "url": "https://...", "bearer_token_file": "/run/secrets/t", "timeout": 10,
+    #                   "keep_alive": true},
     #    "culture_tourism": {"type": "file", "directory": "/exports/culture"}}
     # A department not named gets a file drop under <state_dir>/authority-drops/<department>/
     # (a local stand-in: the production profile names it).
@@ -60,6 +63,10 @@ class ReportingSettings(ProcessSettings):
     dispatcher_max_attempts: int = Field(default=10, ge=1)
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
+    # How long an attempt may run before another replica may take the report over (a crashed
+    # dispatcher's reports wait this long); keep it above the slowest authority's timeout.
+    dispatcher_lease_seconds: float = Field(default=60.0, gt=0)
+
     # MatchText: the score a refuted rumour must reach when the request names no threshold.
     rumor_match_threshold: float = Field(default=0.6, gt=0, le=1)
     # How often, at most, a replica asks the database whether other replicas changed the rumour registry.
@@ -153,7 +160,7 @@ def _parse_spec(department: str, raw: Any) -> AuthoritySpec:
         raise fail('an adapter spec is a JSON object with "type": "http" or "file"')
     kind = raw.get("type")
     if kind == "http":
-        unknown = set(raw) - {"type", "url", "bearer_token_file", "timeout"}
+        unknown = set(raw) - {"type", "url", "bearer_token_file", "timeout", "keep_alive"}
         url = raw.get("url")
         if unknown:
             raise fail(f"unknown keys {sorted(unknown)}")
@@ -165,7 +172,10 @@ def _parse_spec(department: str, raw: Any) -> AuthoritySpec:
         timeout = raw.get("timeout", 10)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise fail('"timeout" must be a positive number of seconds')
-        return HttpAuthority(url, pathlib.Path(token_file) if token_file else None, float(timeout))
+        keep_alive = raw.get("keep_alive", True)
+        if not isinstance(keep_alive, bool):
+            raise fail('"keep_alive" must be true or false')
+        return HttpAuthority(url, pathlib.Path(token_file) if token_file else None, float(timeout), keep_alive)
     if kind == "file":
         unknown = set(raw) - {"type", "directory"}
         directory = raw.get("directory")

@@ -10,9 +10,12 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -278,4 +281,56 @@ security_assessments = Table(
     CheckConstraint("document_sha256 ~ '^[0-9a-f]{64}$'", name="security_assessments_document_sha256_format"),
     Index("security_assessments_tenant_create_time", "tenant_id", "create_time", "assessment_id"),
     Index("security_assessments_create_time", "create_time", "assessment_id"),
+)
+
+# --- deliveries
+# The kernel's outbox table stays generic (every service has the same one); what reporting
+# knows about each report to an authority lives beside it, keyed by the outbox event id.
+
+# Written with each report's outbox event, in the incident's transaction.
+delivery_subjects = Table(
+    "delivery_subjects",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    # What is delivered: "incident" today; exports and tree heads later.
+    Column("subject_kind", String(16), nullable=False),
+    Column("subject_id", String(40), nullable=False),
+    Column("department", String(32), nullable=False),
+    Column("region_code", String(6), nullable=False),
+    # The same transaction as the outbox row, so the same now() as its created_at.
+    Column("create_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("replay_count", Integer, nullable=False, server_default=text("0")),
+    ForeignKeyConstraint(
+        ["event_id"], ["reporting.outbox.event_id"], name="delivery_subjects_event_id_fkey", ondelete="CASCADE"
+    ),
+    CheckConstraint("subject_kind in ('incident', 'export', 'tree_head')", name="delivery_subjects_kind_known"),
+    CheckConstraint("replay_count >= 0", name="delivery_subjects_replay_count_check"),
+    # Listings run newest first (oldest first for dead letters), within a tenant or across tenants.
+    Index("delivery_subjects_tenant_create_time", "tenant_id", "create_time", "event_id"),
+    Index("delivery_subjects_create_time", "create_time", "event_id"),
+    Index("delivery_subjects_subject", "subject_id"),
+)
+
+# One row per recorded attempt, written by the dispatcher in the transaction that records the outcome.
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("event_id", Uuid, nullable=False),
+    # 1-based; starts again at 1 after a replay (the outbox resets its count), so rows go by id.
+    Column("attempt", Integer, nullable=False),
+    # Unknown when the attempt's dispatcher died before reporting.
+    Column("start_time", DateTime(timezone=True)),
+    Column("duration_seconds", Double, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    # The destination refused it (as opposed to: failed, may accept later).
+    Column("refused", Boolean, nullable=False, server_default=text("false")),
+    Column("http_status", Integer),
+    Column("error", Text),
+    ForeignKeyConstraint(
+        ["event_id"], ["reporting.outbox.event_id"], name="delivery_attempts_event_id_fkey", ondelete="CASCADE"
+    ),
+    CheckConstraint("outcome in ('delivered', 'retry', 'dead')", name="delivery_attempts_outcome_known"),
+    Index("delivery_attempts_event_id", "event_id", "id"),
 )

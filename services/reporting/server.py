@@ -1,26 +1,20 @@
 """gRPC servicers of the reporting process: proto ⇄ domain translation only.
 
-The audit ledger's, the incidents', the feed's, the evidence store's, the
-refuted rumours' and the security assessments' servicers are real (the others
-in their own packages); the
-rest answer UNIMPLEMENTED until their issue lands, behind the same principal
-verification.
+The audit ledger's, the incidents', the deliveries', the feed's, the evidence
+store's, the refuted rumours' and the security assessments' servicers are real
+(the others in their own packages); the rest answer UNIMPLEMENTED until their
+issue lands, behind the same principal verification.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.rpc import code_pb2, status_pb2
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel import convert
 from avgate.kernel.errors import FieldViolation, InvalidArgument
 from avgate.kernel.grpc.errors import status_for
 from avgate.kernel.grpc.server import ServiceRegistration
@@ -31,7 +25,6 @@ from services.reporting.domain import (
     ActionTaken,
     ContentRef,
     EvidenceRef,
-    Incident,
     IncidentCategory,
     IncidentFilter,
     IncidentInput,
@@ -44,66 +37,32 @@ from services.reporting.domain import (
 from services.reporting.evidence.server import EVIDENCE, EvidenceServicer
 from services.reporting.incidents import IncidentService, ItemResult
 from services.reporting.ledger.server import AuditLedgerServicer
+from services.reporting.wire import (  # noqa: F401 - the enum helpers, for the servicers built on this module
+    _ACTION,
+    _CATEGORY,
+    _DEPARTMENT,
+    _PROHIBITED,
+    _RELATED,
+    _SOURCE,
+    _STATUS,
+    _domain_enum,
+    _enum_list,
+    _name_from,
+    _number_of,
+    _time_from,
+    incident_payload,
+    incident_to_proto,
+)
+
+if TYPE_CHECKING:  # deliveries' servicer imports this module's enum helpers
+    from services.reporting.deliveries.server import DeliveryServicer
 
 AUDIT_LEDGER = "avgate.reporting.v1.AuditLedgerService"
 INCIDENTS = "avgate.reporting.v1.IncidentService"
 FEED = "avgate.reporting.v1.RegulatorFeedService"
 RUMORS = "avgate.reporting.v1.RumorService"
 ASSESSMENTS = "avgate.reporting.v1.AssessmentService"
-
-E = TypeVar("E", bound=enum.Enum)
-
-# --------------------------------------------------------------------------- enums by name
-# Domain enum values are the proto names without their prefix, in lower case.
-
-
-def _name_from(wrapper: EnumTypeWrapper, prefix: str, number: int) -> str | None:
-    """The domain name of a proto enum number; None for *_UNSPECIFIED or a number this build does not know."""
-    try:
-        name = wrapper.Name(number)  # type: ignore[arg-type]
-    except ValueError:
-        return None
-    suffix = name.removeprefix(prefix).lower()
-    return None if suffix == "unspecified" else suffix
-
-
-def _number_of(wrapper: EnumTypeWrapper, prefix: str, name: str | None) -> int:
-    return int(wrapper.Value(f"{prefix}{name.upper()}")) if name else 0
-
-
-def _domain_enum(cls: type[E], wrapper: EnumTypeWrapper, prefix: str, number: int) -> E | None:
-    name = _name_from(wrapper, prefix, number)
-    return cls(name) if name is not None else None
-
-
-def _enum_list(cls: type[E], wrapper: EnumTypeWrapper, prefix: str, numbers: Any, field: str) -> tuple[E, ...]:
-    """Filter values: UNSPECIFIED is ignored, an unknown number is a field violation."""
-    values = []
-    for i, number in enumerate(numbers):
-        if number == 0:
-            continue
-        value = _domain_enum(cls, wrapper, prefix, number)
-        if value is None:
-            raise InvalidArgument(FieldViolation(f"{field}[{i}]", "not a known value"))
-        values.append(value)
-    return tuple(values)
-
-
-_CATEGORY = (reporting_pb2.IncidentCategory, "INCIDENT_CATEGORY_")
-_SOURCE = (reporting_pb2.IncidentSource, "INCIDENT_SOURCE_")
-_STATUS = (reporting_pb2.IncidentStatus, "INCIDENT_STATUS_")
-_RELATED = (reporting_pb2.RelatedRecordKind, "RELATED_RECORD_KIND_")
-_PROHIBITED = (common_pb2.ProhibitedContentType, "PROHIBITED_CONTENT_TYPE_")
-_ACTION = (common_pb2.ActionType, "ACTION_TYPE_")
-_DEPARTMENT = (common_pb2.Department, "DEPARTMENT_")
-
-
-def _time_from(message: Any, field: str) -> datetime | None:
-    if not message.HasField(field):
-        return None
-    value: timestamp_pb2.Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)
-
+DELIVERIES = "avgate.reporting.v1.DeliveryService"
 
 # --------------------------------------------------------------------------- proto → domain
 
@@ -179,84 +138,6 @@ def incident_filter_from_proto(f: reporting_pb2.IncidentFilter, prefix: str) -> 
     )
 
 
-# --------------------------------------------------------------------------- domain → proto
-
-
-def incident_to_proto(incident: Incident) -> reporting_pb2.Incident:
-    i = incident.input
-    message = reporting_pb2.Incident(
-        incident_id=incident.incident_id,
-        external_id=i.external_id,
-        tenant_id=incident.tenant_id,
-        source=_number_of(*_SOURCE, i.source.value if i.source else None),  # type: ignore[arg-type]
-        category=_number_of(*_CATEGORY, i.category.value if i.category else None),  # type: ignore[arg-type]
-        prohibited_type=_number_of(*_PROHIBITED, i.prohibited_type),  # type: ignore[arg-type]
-        legal_basis=[
-            common_pb2.LegalBasis(instrument=b.instrument, article=b.article, paragraph=b.paragraph, note=b.note)
-            for b in i.legal_basis
-        ],
-        facts=i.facts,
-        content=[
-            common_pb2.ContentRef(
-                tenant_id=c.tenant_id, content_id=c.content_id, uri=c.uri, sha256=c.sha256, media_type=c.media_type
-            )
-            for c in i.content
-        ],
-        automated_detection=i.automated_detection,
-        automated_decision=i.automated_decision,
-        detect_time=convert.timestamp(i.detect_time),
-        routes=[
-            reporting_pb2.Route(
-                department=_number_of(*_DEPARTMENT, r.department),  # type: ignore[arg-type]
-                region_code=r.region_code,
-            )
-            for r in incident.routes
-        ],
-        region_code=i.region_code,
-        status=_number_of(*_STATUS, incident.status.value),  # type: ignore[arg-type]
-        evidence=[
-            common_pb2.EvidenceRef(sha256=e.sha256, size_bytes=e.size_bytes, media_type=e.media_type)
-            for e in i.evidence
-        ],
-        acknowledgements=[
-            reporting_pb2.Acknowledgement(
-                department=_number_of(*_DEPARTMENT, a.department),  # type: ignore[arg-type]
-                region_code=a.region_code,
-                acknowledged_by=a.acknowledged_by,
-                acknowledge_time=convert.timestamp(a.acknowledge_time),
-                note=a.note,
-            )
-            for a in incident.acknowledgements
-        ],
-        related=[
-            reporting_pb2.RelatedRecord(kind=_number_of(*_RELATED, r.kind), id=r.id)  # type: ignore[arg-type]
-            for r in i.related
-        ],
-        create_time=convert.timestamp(incident.create_time),
-        update_time=convert.timestamp(incident.update_time),
-        ledger_entry_id=str(incident.ledger_entry_id),
-    )
-    if i.user is not None:
-        message.user.CopyFrom(common_pb2.UserRef(tenant_id=i.user.tenant_id, user_id=i.user.user_id))
-    if i.action is not None:
-        a = i.action
-        message.action.CopyFrom(
-            common_pb2.ActionTaken(
-                type=_number_of(*_ACTION, a.type),  # type: ignore[arg-type]
-                action_time=convert.timestamp(a.action_time),
-                until_time=convert.timestamp(a.until_time),
-                detail=a.detail,
-                enforcement_action_id=a.enforcement_action_id,
-            )
-        )
-    return message
-
-
-def incident_payload(incident: Incident) -> bytes:
-    """The feed's stored form of an incident (services.reporting.store.FeedWriter)."""
-    return incident_to_proto(incident).SerializeToString()
-
-
 def _aborted() -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.ABORTED, message="valid, but not applied because another item failed")
 
@@ -326,6 +207,7 @@ class IncidentServicer(reporting_pb2_grpc.IncidentServiceServicer):
 def registrations(
     ledger: AuditLedgerServicer,
     incidents: IncidentServicer,
+    deliveries: DeliveryServicer,
     feed: reporting_pb2_grpc.RegulatorFeedServiceServicer,
     evidence: EvidenceServicer,
     rumors: reporting_pb2_grpc.RumorServiceServicer,
@@ -333,13 +215,14 @@ def registrations(
 ) -> list[ServiceRegistration]:
     """Every reporting service; the feed's, rumours' and assessments' servicers are typed by
     their generated bases (their modules build on this one)."""
-    real = {AUDIT_LEDGER, INCIDENTS, FEED, EVIDENCE, RUMORS, ASSESSMENTS}
+    real = {AUDIT_LEDGER, INCIDENTS, DELIVERIES, FEED, EVIDENCE, RUMORS, ASSESSMENTS}
     others = [
         r for r in unimplemented_registrations(reporting_pb2, reporting_pb2_grpc) if not real & set(r.service_names)
     ]
     return [
         ServiceRegistration(ledger, reporting_pb2_grpc.add_AuditLedgerServiceServicer_to_server, [AUDIT_LEDGER]),
         ServiceRegistration(incidents, reporting_pb2_grpc.add_IncidentServiceServicer_to_server, [INCIDENTS]),
+        ServiceRegistration(deliveries, reporting_pb2_grpc.add_DeliveryServiceServicer_to_server, [DELIVERIES]),
         ServiceRegistration(feed, reporting_pb2_grpc.add_RegulatorFeedServiceServicer_to_server, [FEED]),
         ServiceRegistration(evidence, reporting_pb2_grpc.add_EvidenceServiceServicer_to_server, [EVIDENCE]),
         ServiceRegistration(rumors, reporting_pb2_grpc.add_RumorServiceServicer_to_server, [RUMORS]),

@@ -2,9 +2,9 @@
 in-memory fake for unit tests (both pass one contract suite).
 
 A creation writes the incident, its ledger entry, its regulator-feed item
-and one outbox event per routed department in one transaction; an
-acknowledgement writes the change, its ledger entry and its feed item in one
-transaction. Delivering the outbox events to the
+and one outbox event per routed department (with what the report is about,
+for DeliveryService) in one transaction; an acknowledgement writes the change,
+its ledger entry and its feed item in one transaction. Delivering the outbox events to the
 authorities is the dispatcher's job (wired in services.reporting.__main__).
 """
 
@@ -19,16 +19,20 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy.exc
+from psycopg.rows import dict_row
 from sqlalchemy import ColumnElement, Table, TextClause, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from avgate.kernel.db import transaction_driver
 from avgate.kernel.outbox import OutboxEvent, enqueue
 from avgate.kernel.paging import Cursor
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
+from services.reporting.deliveries.store import Subject, add_subjects
 from services.reporting.domain import (
     Acknowledgement,
     ActionTaken,
+    AuthorityReport,
     ContentRef,
     EvidenceRef,
     ExternalIdTaken,
@@ -45,6 +49,7 @@ from services.reporting.domain import (
     UserRef,
 )
 from services.reporting.models import evidence, evidence_attachments, feed_items, incidents
+from services.reporting.wire import incident_payload
 
 SCHEMA = "reporting"
 """(create_time, incident_id) of the last incident of a page; listings run newest first."""
@@ -64,13 +69,37 @@ class FeedWriter:
     incident that a regulator should see goes through `write`.
     """
 
-    def __init__(self, encode: Callable[[Incident], bytes]):
+    def __init__(self, encode: Callable[[Incident], bytes] = incident_payload):
         self._encode = encode
 
     async def write(self, conn: AsyncConnection, kind: FeedKind, changed: Sequence[Incident]) -> None:
         if not changed:
             return
         await conn.execute(feed_items.insert(), [self._row(kind, i) for i in changed])
+
+    async def write_changed(self, conn: Any, kind: FeedKind, incident_ids: Sequence[str]) -> None:
+        """Feed items for incidents changed in `conn`'s open transaction (SQLAlchemy's or psycopg's own),
+        as they now are: for changes made below the store (status after delivery)."""
+        if not incident_ids:
+            return
+        driver = await transaction_driver(conn, "FeedWriter.write_changed")
+        async with driver.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "select * from reporting.incidents where incident_id = any(%s) order by incident_id",
+                (list(incident_ids),),
+            )
+            found = [_from_row(r) for r in await cur.fetchall()]
+            await cur.execute(_ATTACHMENTS_SQL, ([i.incident_id for i in found],))
+            changed = _merge_attachments(found, [tuple(r.values()) for r in await cur.fetchall()])
+        rows = [self._row(kind, i) for i in changed]
+        columns = list(rows[0]) if rows else []
+        if rows:
+            async with driver.cursor() as cur:
+                await cur.executemany(
+                    f"insert into reporting.feed_items ({', '.join(columns)}) "
+                    f"values ({', '.join(['%s'] * len(columns))})",
+                    [tuple(r[c] for c in columns) for r in rows],
+                )
 
     def _row(self, kind: FeedKind, incident: Incident) -> dict[str, Any]:
         return {
@@ -224,6 +253,7 @@ class SqlIncidentStore:
             for report in item.reports:
                 event = OutboxEvent(report.destination, report.payload, report.event_id)
                 await enqueue(conn, event, schema=SCHEMA)
+        await add_subjects(conn, [_subject(item.incident, r) for item in new for r in item.reports])
 
     async def publish_update(self, conn: AsyncConnection, incident_id: str) -> None:
         """A regulator-feed item for an incident changed in `conn`'s transaction (evidence attached, ...)."""
@@ -328,6 +358,13 @@ def query_conditions(table: Table, query: IncidentQuery) -> builtins.list[Column
     return conditions
 
 
+_ATTACHMENTS_SQL = (
+    "select a.incident_id, e.sha256, e.size_bytes, e.media_type from reporting.evidence_attachments a "
+    "join reporting.evidence e on e.evidence_id = a.evidence_id "
+    "where a.incident_id = any(%s) order by a.attach_time, a.request_id"
+)
+
+
 async def _with_attachments(conn: AsyncConnection, found: builtins.list[Incident]) -> builtins.list[Incident]:
     """The incidents with the evidence attached to them since (the evidence store) among their evidence refs."""
     if not found:
@@ -339,6 +376,11 @@ async def _with_attachments(conn: AsyncConnection, found: builtins.list[Incident
         .where(a.incident_id.in_([i.incident_id for i in found]))
         .order_by(a.attach_time, a.request_id)
     )
+    return _merge_attachments(found, [tuple(r) for r in rows])
+
+
+def _merge_attachments(found: builtins.list[Incident], rows: builtins.list[tuple[Any, ...]]) -> builtins.list[Incident]:
+    """`found` with the attached evidence of `rows` (incident id, sha256, size, media type) added once each."""
     attached: dict[str, builtins.list[EvidenceRef]] = {}
     for incident_id, sha256, size_bytes, media_type in rows:
         attached.setdefault(incident_id, []).append(
@@ -360,6 +402,16 @@ async def _with_attachments(conn: AsyncConnection, found: builtins.list[Incident
 
 
 # --------------------------------------------------------------------------- rows ⇄ domain
+
+
+def _subject(incident: Incident, report: AuthorityReport) -> Subject:
+    return Subject(
+        event_id=report.event_id,
+        tenant_id=incident.tenant_id,
+        subject_id=incident.incident_id,
+        department=report.destination.removeprefix("authority:"),
+        region_code=incident.input.region_code,
+    )
 
 
 def _ack_to_json(ack: Acknowledgement) -> dict[str, Any]:

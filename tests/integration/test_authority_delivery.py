@@ -1,7 +1,8 @@
 """Reports reach the authorities: incidents created over real gRPC, delivered
 by reporting's own dispatcher (built from its settings) to a real local HTTP
 server and to a file drop, signed with reporting's key, retried while an
-authority is down, and replayed from the dead-letter state by the CLI."""
+authority is down (every report exactly once after it recovers, with the raw
+attempts counted), and replayed from the dead-letter state by the CLI."""
 
 from __future__ import annotations
 
@@ -178,6 +179,17 @@ async def create_incident(setup: Setup, tenant: str) -> tuple[str, uuid.UUID, uu
     return incident_id, outbox_event_id(incident_id, HTTP_DEPARTMENT), outbox_event_id(incident_id, FILE_DEPARTMENT)
 
 
+def incident(setup: Setup, incident_id: str) -> tuple[str, int]:
+    """The incident's status and how often its cyberspace report was replayed."""
+    (row,) = setup.reporting.sql(
+        "select i.status, s.replay_count from reporting.incidents i join reporting.delivery_subjects s "
+        "on s.subject_id = i.incident_id and s.department = :d where i.incident_id = :i",
+        i=incident_id,
+        d=HTTP_DEPARTMENT,
+    )
+    return row.status, row.replay_count
+
+
 def dropped(setup: Setup, event_id: uuid.UUID) -> list[dict[str, Any]]:
     lines = [json.loads(line) for path in sorted(setup.drops.glob("*.jsonl")) for line in path.read_text().splitlines()]
     return [d for d in lines if d["event_id"] == str(event_id)]
@@ -225,6 +237,46 @@ class TestDelivery:
         check_report(setup, sent, incident_id, HTTP_DEPARTMENT)
         assert len(dropped(setup, file_event)) == 1
 
+    async def test_an_authority_down_for_a_period_gets_every_report_once_after_recovery(
+        self, setup: Setup, authority: Authority, tenant: str
+    ) -> None:
+        authority.down = True
+        created = [await create_incident(setup, tenant) for _ in range(8)]
+        http_events = [http for _, http, _ in created]
+        every_event = [e for _, http, file in created for e in (http, file)]
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher(setup).run(stop))
+        try:
+            # Down: every report is offered and refused at least twice.
+            deadline = time.monotonic() + 15
+            while not all(len(authority.attempts_for(e)) >= 2 for e in http_events):
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.02)
+            assert not any(authority.accepted_for(e) for e in http_events)
+            assert {state for state, _ in states(setup, http_events).values()} == {"pending"}
+            authority.down = False
+            while any(state == "pending" for state, _ in states(setup, every_event).values()):
+                assert time.monotonic() < deadline + 15 and not task.done()
+                await asyncio.sleep(0.02)
+        finally:
+            authority.down = False
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+
+        recorded = states(setup, http_events)
+        assert {state for state, _ in recorded.values()} == {"delivered"}
+        # Exactly once by idempotency key, after recovery.
+        for event_id in http_events:
+            [sent] = authority.accepted_for(event_id)
+            assert sent["event_id"] == str(event_id)
+        # The raw attempts: at least two refused while down plus the accepted one, each under the
+        # event's own key, and each one the outbox counted (none lost, none extra).
+        raw = {e: authority.attempts_for(e) for e in http_events}
+        assert all(keys == [str(e)] * len(keys) for e, keys in raw.items())
+        assert all(len(keys) >= 3 for keys in raw.values())
+        assert sum(len(keys) for keys in raw.values()) > len(http_events)
+        assert {e: len(keys) for e, keys in raw.items()} == {e: attempts for e, (_, attempts) in recorded.items()}
+
     async def test_a_dead_letter_replayed_by_the_cli_is_delivered(
         self, setup: Setup, authority: Authority, tenant: str
     ) -> None:
@@ -234,6 +286,7 @@ class TestDelivery:
             await dispatch_until_settled(setup, dispatcher(setup, dispatcher_max_attempts=2), [http_event, file_event])
             assert states(setup, [http_event])[http_event] == ("dead", 2)
             assert not authority.accepted_for(http_event)
+            assert incident(setup, incident_id) == ("delivery_failed", 0)
         finally:
             authority.down = False
 
@@ -244,8 +297,11 @@ class TestDelivery:
             pattern=f"%{http_event}%",
         )
         assert [json.loads(bytes(r.payload))["action"] for r in replays] == ["outbox.replay"]
+        # The same transaction counted the replay and put the incident back to RECORDED.
+        assert incident(setup, incident_id) == ("recorded", 1)
 
         await dispatch_until_settled(setup, dispatcher(setup), [http_event])
+        assert incident(setup, incident_id) == ("delivered", 1)
 
         assert states(setup, [http_event])[http_event] == ("delivered", 1)
         [sent] = authority.accepted_for(http_event)

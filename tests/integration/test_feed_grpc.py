@@ -30,9 +30,10 @@ from avgate.ledger.checkpoint import NoteSigner, NoteVerifier, open_checkpoint
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
-from services.reporting.domain import IncidentFilter
+from services.reporting.domain import IncidentFilter, IncidentStatus
 from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
+from services.reporting.incident_status import set_incident_status
 from tests.conftest import Database
 from tests.integration.test_incidents_grpc import details, incident_input, provider, regulator
 
@@ -277,6 +278,21 @@ class TestOrderAndResumption:
         digest = hashlib.sha256(data).hexdigest()
         assert digest not in [e.sha256 for e in items[0].incident.evidence]
         assert digest in [e.sha256 for e in items[1].incident.evidence]
+
+    async def test_a_status_change_after_delivery_is_an_update_item(self, feed: Feed, tenant: str) -> None:
+        (incident_id,) = await create_many(feed, tenant, 1)
+        engine = create_engine_for(feed.database.url_for("reporting"), pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await set_incident_status(
+                    conn, {incident_id: IncidentStatus.DELIVERED}, actor=OPERATOR, reason="delivered"
+                )
+        finally:
+            await engine.dispose()
+        items = await listed(feed, tenant, 2)
+        assert items[1].kind == reporting_pb2.FEED_ITEM_KIND_INCIDENT_UPDATED
+        assert items[1].incident.incident_id == incident_id
+        assert items[1].incident.status == reporting_pb2.INCIDENT_STATUS_DELIVERED
 
     async def test_an_acknowledgement_is_an_update_item_with_the_incident_as_of_then(
         self, feed: Feed, tenant: str

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +36,7 @@ from avgate.kernel.db import create_engine_for, libpq_url, sync_engine
 from avgate.kernel.deliveries import FileDropDelivery, HttpJsonDelivery, document_payload, verify_document
 from avgate.kernel.keys import SigningKey
 from avgate.kernel.outbox import (
+    AttemptOutcome,
     ClaimedEvent,
     Dispatcher,
     InvalidDeliverySignature,
@@ -52,6 +53,7 @@ from avgate.kernel.outbox import (
     verify_delivery,
 )
 from tests.conftest import Database, free_port
+from tests.integration.authority_server import AuthorityServer
 
 SCHEMA = "outbox_test"
 DESTINATION = "authority:cyberspace"
@@ -491,6 +493,73 @@ class TestHttpJsonDelivery:
             await HttpJsonDelivery(endpoint.url, timeout=0.1).deliver(_claimed(event(32)))
 
 
+class TestHttpConnections:
+    async def test_deliveries_reuse_kept_alive_connections(self) -> None:
+        with AuthorityServer() as authority:
+            delivery = HttpJsonDelivery(authority.url, timeout=2)
+            receipts = [await delivery.deliver(_claimed(event(60 + n))) for n in range(20)]
+        assert len(authority.raw) == 20
+        assert len(authority.client_ports()) == 1 and delivery.connections_opened == 1
+        assert {r.http_status for r in receipts} == {200}
+        first = receipts[0].details
+        assert first["receipt_id"] == f"rcpt-{authority.raw[0].idempotency_key[:8]}"
+        assert first["body_sha256"] == authority.raw[0].answer_sha256
+
+    async def test_without_keep_alive_every_delivery_connects_anew(self) -> None:
+        with AuthorityServer() as authority:
+            delivery = HttpJsonDelivery(authority.url, timeout=2, keep_alive=False)
+            for n in range(5):
+                await delivery.deliver(_claimed(event(80 + n)))
+        assert len(authority.client_ports()) == 5 and delivery.connections_opened == 5
+
+    async def test_a_connection_the_server_dropped_while_idle_is_replaced(self) -> None:
+        """The server keeps nothing alive but does not say so: each reuse finds a closed socket."""
+        requests: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                requests.append(self.headers["Idempotency-Key"])
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                self.close_connection = True  # without "Connection: close"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        try:
+            delivery = HttpJsonDelivery(f"http://127.0.0.1:{server.server_port}/r", timeout=2)
+            events = [event(90 + n) for n in range(5)]
+            for ev in events:
+                await delivery.deliver(_claimed(ev))
+                await asyncio.sleep(0.02)  # let the server's close arrive
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert requests == [str(ev.event_id) for ev in events]  # each sent once, none lost
+        assert delivery.connections_opened == 5
+
+    @pytest.mark.parametrize(("status", "error"), [(503, RetryableDeliveryError), (400, PermanentDeliveryError)])
+    async def test_a_failed_attempt_carries_its_http_status(
+        self, status: int, error: type[RetryableDeliveryError | PermanentDeliveryError]
+    ) -> None:
+        with AuthorityServer(policy=lambda event_id, nth: status) as authority, pytest.raises(error) as failed:
+            await HttpJsonDelivery(authority.url, timeout=2).deliver(_claimed(event(70)))
+        assert failed.value.http_status == status
+
+    async def test_no_answer_has_no_http_status(self) -> None:
+        with pytest.raises(RetryableDeliveryError) as failed:
+            await HttpJsonDelivery(f"http://127.0.0.1:{free_port()}/r", timeout=2).deliver(_claimed(event(71)))
+        assert failed.value.http_status is None
+
+
 def _claimed(ev: OutboxEvent, key: SigningKey | None = None) -> ClaimedEvent:
     return ClaimedEvent(
         id=1,
@@ -501,6 +570,71 @@ def _claimed(ev: OutboxEvent, key: SigningKey | None = None) -> ClaimedEvent:
         created_at=datetime.now(UTC),
         signature=sign_delivery(key, ev.event_id, ev.destination, ev.payload) if key else None,
     )
+
+
+# --------------------------------------------------------------------------- the owning service's hook
+
+
+@pytest.mark.db
+class TestOnRecorded:
+    async def test_the_hook_sees_each_written_outcome_inside_the_recording_transaction(
+        self, db: Database, endpoint: Endpoint
+    ) -> None:
+        endpoint.answer = lambda event_id, nth: 503 if nth == 1 else 200
+        ev = event(50)
+        await enqueue_committed(db, ev)
+        seen: list[tuple[Any, ...]] = []
+
+        async def hook(conn: psycopg.AsyncConnection[Any], outcomes: Sequence[AttemptOutcome]) -> None:
+            for o in outcomes:
+                cur = await conn.execute(f"select state from {SCHEMA}.outbox where event_id = %s", (o.event_id,))
+                (state,) = await cur.fetchone() or ("?",)
+                in_transaction = conn.info.transaction_status is psycopg.pq.TransactionStatus.INTRANS
+                seen.append((o.attempt, o.kind, o.http_status, state, in_transaction))
+                assert o.started_at is not None and o.duration > 0 and o.destination == DESTINATION
+
+        async with running(dispatcher(db, endpoint, on_recorded=hook)):
+            await wait_until(lambda: state_is(db, ev.event_id, "delivered"), 5, "delivery")
+        assert seen == [(1, "retry", 503, "pending", True), (2, "delivered", 200, "delivered", True)]
+
+    async def test_a_failing_hook_records_nothing(self, db: Database, endpoint: Endpoint) -> None:
+        ev = event(51)
+        await enqueue_committed(db, ev)
+
+        async def failing(conn: psycopg.AsyncConnection[Any], outcomes: Sequence[AttemptOutcome]) -> None:
+            raise RuntimeError("bookkeeping failed")
+
+        d = dispatcher(db, endpoint, on_recorded=failing, name="hooked")
+        async with await psycopg.AsyncConnection.connect(url(db), autocommit=True) as conn:
+            (claimed,) = await d.claim(conn, 10)
+            outcome = await d.attempt(claimed)
+            assert outcome.kind == "delivered"
+            with pytest.raises(RuntimeError, match="bookkeeping failed"):
+                await d.record(conn, [outcome])
+        row = (await rows(db))[ev.event_id]
+        # Still leased to the attempt: after the lease it is delivered again, under the same key.
+        assert (row["state"], row["claimed_by"], row["receipt"]) == ("pending", "hooked", None)
+
+    async def test_a_row_found_exhausted_at_claim_reaches_the_hook_as_dead(
+        self, db: Database, endpoint: Endpoint
+    ) -> None:
+        ev = event(52)
+        await enqueue_committed(db, ev)
+        passed: list[AttemptOutcome] = []
+
+        async def hook(conn: psycopg.AsyncConnection[Any], outcomes: Sequence[AttemptOutcome]) -> None:
+            passed.extend(outcomes)
+
+        crashed = dispatcher(db, endpoint, lease_seconds=0.2, max_attempts=1, on_recorded=hook)
+        async with await psycopg.AsyncConnection.connect(url(db), autocommit=True) as conn:
+            assert len(await crashed.claim(conn, 10)) == 1
+            assert passed == []
+            await asyncio.sleep(0.3)
+            assert await crashed.claim(conn, 10) == []
+        (dead,) = passed
+        assert (dead.event_id, dead.kind, dead.attempt, dead.started_at) == (ev.event_id, "dead", 1, None)
+        assert "lease" in (dead.error or "")
+        assert (await rows(db))[ev.event_id]["state"] == "dead"
 
 
 # --------------------------------------------------------------------------- signatures
