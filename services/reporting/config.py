@@ -147,6 +147,8 @@ class ReportingSettings(ProcessSettings):
             )
         if self.evidence_dir is None:
             problems.append("no REPORTING_EVIDENCE_DIR (evidence kept under the state directory)")
+        if self.export_builder_enabled and self.export_dir is None:
+            problems.append("no REPORTING_EXPORT_DIR (export bundles kept under the state directory)")
         return problems
 
 

@@ -51,6 +51,7 @@ class TestProductionProfile:
             ReportingSettings().check_production()
         assert "REPORTING_EVIDENCE_KEK_FILE" in str(refused.value)
         assert "REPORTING_EVIDENCE_DIR" in str(refused.value)
+        assert "REPORTING_EXPORT_DIR" in str(refused.value)
 
     def test_a_mounted_kek_and_evidence_volume_are_not_stand_ins(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("REPORTING_EVIDENCE_KEK_FILE", "/var/run/avgate/evidence-kek/evidence.kek")

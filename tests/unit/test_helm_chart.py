@@ -421,9 +421,9 @@ class TestEvidenceStore:
                 assert "evidence" not in volumes and "evidence-kek" not in volumes, process
                 continue
             container = spec["containers"][0]
-            mounts = {m["name"]: m for m in container["volumeMounts"]}
             directory = env_of(container)["REPORTING_EVIDENCE_DIR"]["value"]
-            assert mounts["evidence"]["mountPath"] == directory
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+            assert mount["name"] == "evidence" and "subPath" not in mount
             assert not directory.startswith("/tmp")
             claim = values_of(values_file).get("reporting", {}).get("evidence", {}).get("existingClaim")
             assert volumes["evidence"]["persistentVolumeClaim"]["claimName"] == (claim or "avgate-evidence")
@@ -455,3 +455,17 @@ class TestEvidenceStore:
         )
         assert settings.evidence_retention.days >= 365
         assert not [p for p in settings.local_stand_ins() if "EVIDENCE" in p]
+
+    @each_values_file
+    def test_export_bundles_live_on_the_evidence_volume_where_every_replica_serves_them(
+        self, values_file: pathlib.Path
+    ) -> None:
+        from services.reporting.config import ReportingSettings
+
+        container = pod_spec(process_deployments(render(values_file))["reporting"])["containers"][0]
+        env = env_of(container)
+        directory = env["REPORTING_EXPORT_DIR"]["value"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+        assert mount["name"] == "evidence" and mount["subPath"] == "exports"
+        settings = ReportingSettings(export_dir=directory, export_ttl_hours=env["REPORTING_EXPORT_TTL_HOURS"]["value"])
+        assert not [p for p in settings.local_stand_ins() if "EXPORT" in p]

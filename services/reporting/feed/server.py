@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -124,15 +125,18 @@ class RegulatorFeedServicer(reporting_pb2_grpc.RegulatorFeedServiceServicer):
         events = await self._feed.follow(
             current_principal(), feed_request_from_proto(request.filter), cursor=request.cursor, heartbeat=heartbeat
         )
-        async for event in events:
-            if isinstance(event, Heartbeat):
-                yield reporting_pb2.FollowResponse(
-                    heartbeat=reporting_pb2.Heartbeat(
-                        server_time=convert.timestamp(event.server_time), cursor=event.cursor.encode()
+        # Closed here, not left to the garbage collector: closing writes the session's last range
+        # to the ledger, also when the reader cancelled the call.
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, Heartbeat):
+                    yield reporting_pb2.FollowResponse(
+                        heartbeat=reporting_pb2.Heartbeat(
+                            server_time=convert.timestamp(event.server_time), cursor=event.cursor.encode()
+                        )
                     )
-                )
-            else:
-                yield reporting_pb2.FollowResponse(item=await self._item(event))
+                else:
+                    yield reporting_pb2.FollowResponse(item=await self._item(event))
 
     async def ListFeed(
         self, request: reporting_pb2.ListFeedRequest, context: grpc.aio.ServicerContext

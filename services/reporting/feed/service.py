@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -196,7 +196,7 @@ class FeedService:
 
     async def follow(
         self, caller: Principal, request: FeedRequest, *, cursor: str, heartbeat: timedelta | None = None
-    ) -> AsyncIterator[FeedItem | Heartbeat]:
+    ) -> AsyncGenerator[FeedItem | Heartbeat, None]:
         """Items after `cursor` in feed order, then new ones as they become final, with heartbeats when idle.
 
         Validation happens before the first item: an invalid request fails the call, not the stream.
@@ -216,7 +216,7 @@ class FeedService:
         query: IncidentQuery | None,
         position: FeedCursor,
         interval: timedelta,
-    ) -> AsyncIterator[FeedItem | Heartbeat]:
+    ) -> AsyncGenerator[FeedItem | Heartbeat, None]:
         range_start, sent = position, 0
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
