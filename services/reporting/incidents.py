@@ -40,6 +40,7 @@ from avgate.kernel.errors import (
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from services.reporting.access import page_entry, read_entry
 from services.reporting.domain import (
     DEPARTMENTS,
     NATIONAL,
@@ -395,16 +396,7 @@ class IncidentService:
         if incident is None or not self._may_see(caller, incident):
             raise NotFound("incident", incident_id)
         if caller.effective.role is Role.REGULATOR:
-            await self._store.record(
-                LedgerEntry(
-                    action="incident.read",
-                    subject_type="incident",
-                    subject_id=incident_id,
-                    actor=caller,
-                    legal_basis="NAVIS-2019 Art. 17",
-                    tenant_id=incident.tenant_id,
-                )
-            )
+            await self._store.record(read_entry(caller, "incident", incident_id, incident.tenant_id))
         return incident
 
     async def list(
@@ -425,17 +417,7 @@ class IncidentService:
         next_token = encode_page_token(page[-1].create_time, page[-1].incident_id) if len(found) > limit else ""
         if caller.effective.role is Role.REGULATOR and page:
             # One entry per page read, not one per incident.
-            await self._store.record(
-                LedgerEntry(
-                    action="incident.list",
-                    subject_type="incident_page",
-                    subject_id=f"{page[0].incident_id}..{page[-1].incident_id}",
-                    actor=caller,
-                    legal_basis="NAVIS-2019 Art. 17",
-                    tenant_id="",
-                    data={"count": len(page), "incident_ids": [i.incident_id for i in page]},
-                )
-            )
+            await self._store.record(page_entry(caller, "incident", "incident_id", [i.incident_id for i in page]))
         return page, next_token
 
     @staticmethod

@@ -39,6 +39,7 @@ from avgate.kernel.errors import (
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from services.reporting.access import page_entry, read_entry
 from services.reporting.assessments.domain import (
     LEGAL_BASIS,
     MAX_ASSESSOR,
@@ -71,7 +72,6 @@ from services.reporting.domain import (
 )
 from services.reporting.incidents import MAX_FACTS, IncidentService
 
-SUPERVISION = "NAVIS-2019 Art. 17"
 CLOCK_SKEW = timedelta(seconds=60)
 """How far in the future an assessment time may lie: the caller's clock may run ahead of ours."""
 PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
@@ -251,16 +251,7 @@ class AssessmentService:
         if assessment is None or not self._may_see(caller, assessment):
             raise NotFound("security_assessment", assessment_id)
         if caller.effective.role is Role.REGULATOR:
-            await self._store.record(
-                LedgerEntry(
-                    action="security_assessment.read",
-                    subject_type="security_assessment",
-                    subject_id=assessment_id,
-                    actor=caller,
-                    legal_basis=SUPERVISION,
-                    tenant_id=assessment.tenant_id,
-                )
-            )
+            await self._store.record(read_entry(caller, "security_assessment", assessment_id, assessment.tenant_id))
         return assessment
 
     @staticmethod
@@ -300,14 +291,6 @@ class AssessmentService:
         if caller.effective.role is Role.REGULATOR and page:
             # One entry per page read, not one per assessment.
             await self._store.record(
-                LedgerEntry(
-                    action="security_assessment.list",
-                    subject_type="security_assessment_page",
-                    subject_id=f"{page[0].assessment_id}..{page[-1].assessment_id}",
-                    actor=caller,
-                    legal_basis=SUPERVISION,
-                    tenant_id="",
-                    data={"count": len(page), "assessment_ids": [a.assessment_id for a in page]},
-                )
+                page_entry(caller, "security_assessment", "assessment_id", [a.assessment_id for a in page])
             )
         return page, next_token

@@ -54,6 +54,7 @@ from avgate.kernel.errors import (
 )
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
+from services.reporting.access import SUPERVISION
 from services.reporting.domain import SHA256_HEX, Incident
 from services.reporting.evidence.blobs import BlobNotFound, BlobStore
 from services.reporting.evidence.crypto import (
@@ -100,7 +101,7 @@ MAX_REASON = 500
 MAX_FILE_NAME = 255
 MAX_DESCRIPTION = 2000
 LEGAL_BASIS = "NAVIS-2019 Art. 12-14"
-READ_BASIS = "NAVIS-2019 Art. 17"
+READ_BASIS = SUPERVISION
 MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 
 UploadPart = UploadMetadata | bytes

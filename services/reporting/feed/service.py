@@ -33,6 +33,7 @@ from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, 
 from avgate.kernel.paging import check_page_size, page_limit
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
+from services.reporting.access import SUPERVISION
 from services.reporting.domain import IncidentFilter, IncidentQuery
 from services.reporting.feed.cursor import FeedCursor
 from services.reporting.feed.store import FeedRow, FeedStore
@@ -41,7 +42,7 @@ from services.reporting.ledger.store import Head
 
 log = logging.getLogger(__name__)
 
-ACCESS_BASIS = "NAVIS-2019 Art. 17"
+ACCESS_BASIS = SUPERVISION
 MIN_HEARTBEAT = timedelta(seconds=1)
 MAX_HEARTBEAT = timedelta(minutes=5)
 DEFAULT_HEARTBEAT = timedelta(seconds=15)

@@ -49,6 +49,7 @@ from avgate.kernel.errors import (
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from services.reporting.access import page_entry, read_entry
 from services.reporting.domain import TENANT_ID
 from services.reporting.rumors.domain import (
     DEFAULT_MAX_RESULTS,
@@ -78,7 +79,6 @@ from services.reporting.rumors.domain import (
 from services.reporting.rumors.matching import METHOD, RumorIndex, ngrams
 from services.reporting.rumors.store import RumorStore
 
-SUPERVISION = "NAVIS-2019 Art. 17"
 CLOCK_SKEW = timedelta(seconds=60)
 """How far in the future a publish time may lie: the caller's clock may run ahead of ours."""
 PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
@@ -248,16 +248,7 @@ class RumorService:
         if rumor is None or (owners is not None and rumor.tenant_id not in owners):
             raise NotFound("refuted_rumor", rumor_id)
         if caller.effective.role is Role.REGULATOR:
-            await self._store.record(
-                LedgerEntry(
-                    action="refuted_rumor.read",
-                    subject_type="refuted_rumor",
-                    subject_id=rumor_id,
-                    actor=caller,
-                    legal_basis=SUPERVISION,
-                    tenant_id=rumor.tenant_id,
-                )
-            )
+            await self._store.record(read_entry(caller, "refuted_rumor", rumor_id, rumor.tenant_id))
         return rumor
 
     async def list(
@@ -285,17 +276,7 @@ class RumorService:
         page = found[:limit]
         next_token = encode_page_token(page[-1].create_time, page[-1].rumor_id) if len(found) > limit else ""
         if caller.effective.role is Role.REGULATOR and page:
-            await self._store.record(
-                LedgerEntry(
-                    action="refuted_rumor.list",
-                    subject_type="refuted_rumor_page",
-                    subject_id=f"{page[0].rumor_id}..{page[-1].rumor_id}",
-                    actor=caller,
-                    legal_basis=SUPERVISION,
-                    tenant_id="",
-                    data={"count": len(page), "rumor_ids": [r.rumor_id for r in page]},
-                )
-            )
+            await self._store.record(page_entry(caller, "refuted_rumor", "rumor_id", [r.rumor_id for r in page]))
         return page, next_token
 
     # ----------------------------------------------------------------------- retire
