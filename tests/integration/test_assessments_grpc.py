@@ -19,11 +19,9 @@ import pytest
 import sqlalchemy.exc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from sqlalchemy import text
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel.db import create_engine_for, sync_engine
+from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScope, Role, TokenSigner
@@ -37,6 +35,7 @@ from services.reporting.incidents import IncidentService
 from services.reporting.server import incident_payload
 from services.reporting.store import FeedWriter, InMemoryIncidentStore, SqlIncidentStore
 from tests.conftest import Database
+from tests.support import admin_sql, details, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -86,12 +85,7 @@ class Reporting:
         return reply.incident
 
     def sql(self, query: str, **params: Any) -> list[Any]:
-        engine = sync_engine(self.database.admin_url)  # the superuser sees every schema
-        try:
-            with engine.connect() as conn:
-                return list(conn.execute(text(query), params).all())
-        finally:
-            engine.dispose()
+        return admin_sql(self.database.admin_url, query, **params)
 
 
 @pytest.fixture(scope="module")
@@ -158,24 +152,6 @@ def assessment(**changes: Any) -> reporting_pb2.SecurityAssessment:
 @pytest.fixture
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def details(error: grpc.aio.AioRpcError, message_type: type) -> list[Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found = []
-    for detail in status.details:
-        if detail.Is(message_type.DESCRIPTOR):
-            msg = message_type()
-            detail.Unpack(msg)
-            found.append(msg)
-    return found
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    (bad,) = details(error, error_details_pb2.BadRequest)
-    return {v.field for v in bad.field_violations}
 
 
 def ledger_entries(r: Reporting, action: str, subject_id: str) -> list[dict[str, Any]]:

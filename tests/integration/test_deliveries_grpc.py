@@ -33,7 +33,8 @@ from services.reporting.config import ReportingSettings
 from services.reporting.domain import outbox_event_id
 from tests.conftest import Database
 from tests.integration.authority_server import AuthorityServer
-from tests.integration.test_incidents_grpc import Reporting, details, incident_input, provider, regulator
+from tests.integration.test_incidents_grpc import Reporting, incident_input, provider, regulator
+from tests.support import details
 
 DELIVERIES = "/avgate.reporting.v1.DeliveryService/"
 INCIDENTS = "/avgate.reporting.v1.IncidentService/"

@@ -19,11 +19,8 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from sqlalchemy import text
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel.db import sync_engine
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScope, Role, TokenSigner
@@ -32,6 +29,7 @@ from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from services.reporting.evidence.crypto import KeyRing, sealed_size
 from tests.conftest import Database
+from tests.support import admin_sql, details, violated_fields
 
 MiB = 1024 * 1024
 EVIDENCE = "/avgate.reporting.v1.EvidenceService/"
@@ -69,12 +67,7 @@ class Reporting:
         return ((TOKEN_METADATA_KEY, token),)
 
     def sql(self, query: str, **params: Any) -> list[Any]:
-        engine = sync_engine(self.database.admin_url)  # the superuser sees every schema
-        try:
-            with engine.connect() as conn:
-                return list(conn.execute(text(query), params).all())
-        finally:
-            engine.dispose()
+        return admin_sql(self.database.admin_url, query, **params)
 
     def ledger(self, action: str, subject_id: str) -> list[dict[str, Any]]:
         rows = self.sql(
@@ -267,23 +260,6 @@ async def release(r: Reporting, principal: Principal, evidence_id: str) -> repor
         metadata=r.auth(principal, "ReleaseEvidence"),
     )
     return reply.evidence
-
-
-def details(error: grpc.aio.AioRpcError, message_type: type) -> list[Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found = []
-    for detail in status.details:
-        if detail.Is(message_type.DESCRIPTOR):
-            message = message_type()
-            detail.Unpack(message)
-            found.append(message)
-    return found
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    (bad,) = details(error, error_details_pb2.BadRequest)
-    return {v.field for v in bad.field_violations}
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:

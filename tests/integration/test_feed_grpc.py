@@ -18,11 +18,10 @@ import psycopg
 import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
-from sqlalchemy import text
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
-from avgate.kernel.db import create_engine_for, libpq_url, sync_engine
+from avgate.kernel.db import create_engine_for, libpq_url
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
@@ -35,7 +34,8 @@ from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
 from services.reporting.incident_status import set_incident_status
 from tests.conftest import Database
-from tests.integration.test_incidents_grpc import details, incident_input, provider, regulator
+from tests.integration.test_incidents_grpc import incident_input, provider, regulator
+from tests.support import admin_sql, details, ledger_entries
 
 ORIGIN = "avgate.test/feed"
 OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
@@ -67,12 +67,7 @@ class Feed:
         return response.incident
 
     def scalar(self, query: str, **params: Any) -> Any:
-        engine = sync_engine(self.database.admin_url)
-        try:
-            with engine.connect() as conn:
-                return conn.execute(text(query), params).scalar_one()
-        finally:
-            engine.dispose()
+        return admin_sql(self.database.admin_url, query, **params)[0][0]
 
     async def list_all(self, principal: Principal, **request: Any) -> list[reporting_pb2.FeedItem]:
         """Every item after the request's cursor, page by page."""
@@ -89,21 +84,7 @@ class Feed:
                 return items
 
     def ledger_actions(self, action: str) -> list[dict[str, Any]]:
-        engine = sync_engine(self.database.admin_url)
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    text(
-                        # Queued or already sequenced: the sequencer moves entries from the queue to the log.
-                        "select doc from (select convert_from(payload, 'UTF8')::jsonb as doc from ledger.queue "
-                        "union all select convert_from(payload, 'UTF8')::jsonb from ledger.entries) e "
-                        "where doc ->> 'action' = :a"
-                    ),
-                    {"a": action},
-                ).all()
-        finally:
-            engine.dispose()
-        return [r[0] for r in rows]
+        return ledger_entries(self.database.admin_url, action)
 
 
 @pytest.fixture(scope="module")

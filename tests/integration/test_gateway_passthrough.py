@@ -11,7 +11,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -30,6 +29,7 @@ from gateway.store import SqlApiKeyStore
 from services.identity.__main__ import compose as compose_identity
 from services.identity.config import IdentitySettings
 from tests.conftest import Database, free_port
+from tests.support import details
 
 CHECK_ELIGIBILITY = "/avgate.identity.v1.IdentityService/CheckEligibility"
 SPANS = InMemorySpanExporter()
@@ -43,20 +43,8 @@ class Stack:
     keys_dir: pathlib.Path
 
 
-def _unpack(error: grpc.aio.AioRpcError, message_type: type) -> list:  # type: ignore[type-arg]
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "the error carries google.rpc details"
-    found = []
-    for detail in status.details:
-        if detail.Is(message_type.DESCRIPTOR):
-            msg = message_type()
-            detail.Unpack(msg)
-            found.append(msg)
-    return found
-
-
 def _reason(error: grpc.aio.AioRpcError) -> str:
-    (info,) = _unpack(error, error_details_pb2.ErrorInfo)
+    (info,) = details(error, error_details_pb2.ErrorInfo)
     return str(info.reason)
 
 
@@ -145,9 +133,9 @@ class TestFrontDoor:
             )
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert _reason(refused.value) == "ERROR_REASON_INVALID_ARGUMENT"
-        (bad_request,) = _unpack(refused.value, error_details_pb2.BadRequest)
+        (bad_request,) = details(refused.value, error_details_pb2.BadRequest)
         assert {v.field for v in bad_request.field_violations} == {"display_name", "tenant_id"}
-        (request_info,) = _unpack(refused.value, error_details_pb2.RequestInfo)
+        (request_info,) = details(refused.value, error_details_pb2.RequestInfo)
         assert request_info.request_id == "req-bad-1"
         after = await stub.ListApiKeys(gateway_pb2.ListApiKeysRequest(include_revoked=True), metadata=operator)
         assert len(after.api_keys) == len(before.api_keys)

@@ -13,11 +13,8 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
-from grpc_status import rpc_status
-from sqlalchemy import text
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel.db import sync_engine
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScope, Role, TokenSigner
@@ -25,6 +22,7 @@ from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from tests.conftest import Database
+from tests.support import admin_sql, details, unpack
 
 SERVICE = "/avgate.reporting.v1.IncidentService/"
 
@@ -40,12 +38,7 @@ class Reporting:
         return ((TOKEN_METADATA_KEY, token),)
 
     def sql(self, query: str, **params: Any) -> list[Any]:
-        engine = sync_engine(self.database.admin_url)  # the superuser sees every schema
-        try:
-            with engine.connect() as conn:
-                return list(conn.execute(text(query), params).all())
-        finally:
-            engine.dispose()
+        return admin_sql(self.database.admin_url, query, **params)
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +91,6 @@ def incident_input(external_id: str = "ext-1", **changes: Any) -> reporting_pb2.
     }
     fields.update(changes)
     return reporting_pb2.IncidentInput(**fields)
-
-
-def details(error: grpc.aio.AioRpcError, message_type: type) -> list[Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    return _unpack(status.details, message_type)
-
-
-def _unpack(packed: Any, message_type: type) -> list[Any]:
-    found = []
-    for detail in packed:
-        if detail.Is(message_type.DESCRIPTOR):
-            msg = message_type()
-            detail.Unpack(msg)
-            found.append(msg)
-    return found
 
 
 async def create(r: Reporting, tenant: str, item: reporting_pb2.IncidentInput) -> reporting_pb2.CreateIncidentResponse:
@@ -211,10 +188,10 @@ class TestBatches:
         aborted, invalid, conflict = reply.results
         assert aborted.WhichOneof("result") == "error" and aborted.error.code == code_pb2.ABORTED
         assert invalid.error.code == code_pb2.INVALID_ARGUMENT
-        (bad,) = _unpack(invalid.error.details, error_details_pb2.BadRequest)
+        (bad,) = unpack(invalid.error.details, error_details_pb2.BadRequest)
         assert [v.field for v in bad.field_violations] == ["incidents[1].facts"]
         assert conflict.error.code == code_pb2.ALREADY_EXISTS
-        (info,) = _unpack(conflict.error.details, error_details_pb2.ErrorInfo)
+        (info,) = unpack(conflict.error.details, error_details_pb2.ErrorInfo)
         assert info.reason == "ERROR_REASON_IDEMPOTENCY_CONFLICT"
         stored = reporting.sql("select external_id from reporting.incidents where tenant_id = :t", t=tenant)
         assert [r.external_id for r in stored] == ["b-0"]
