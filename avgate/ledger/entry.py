@@ -5,7 +5,9 @@ why (legal basis, reason) and carries an idempotency key. Its stored form is
 RFC 8785 canonical JSON: the bytes that are hashed into the tree, so anyone
 can reproduce a leaf hash from the entry alone. Personal data never goes in:
 callers pass ids and masked values, and `canonical_bytes` refuses strings
-that look like a resident ID number or a mainland mobile number.
+that look like a resident ID number, a mainland mobile number (also written
+with a 0086 prefix or in groups, "138 0013 8000") or a Unified Social Credit
+Code (its check character must hold, so upper-case ids rarely trip it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ _RESIDENT_ID = re.compile(
     r"[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
 )
 _MOBILE = re.compile(r"(?<![0-9A-Za-z])(?:\+?86)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
+# What the eleven-digit scan misses: "0086" glued to the number, and numbers written in groups.
+_MOBILE_WRITTEN = re.compile(
+    r"(?<![0-9A-Za-z])(?:(?:\+|00)?86[ -]?)?1[3-9][0-9](?:[ -][0-9]{4}[ -][0-9]{4}|[0-9]{8})(?![0-9A-Za-z])"
+)
+# GB 32100 credit codes: 18 characters over the 31-character alphabet, a check character by weights 3^i mod 31.
+_USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC = re.compile(r"(?<![0-9A-Za-z])[1-9ANY][0-9A-HJ-NPQRTUWXY]{17}(?![0-9A-Za-z])")
 
 
 class PersonalDataInEntry(ValueError):
@@ -105,10 +114,19 @@ _MAX_SAFE_INTEGER = 2**53 - 1
 _ELEVEN_DIGITS = re.compile(r"[0-9]{11}")
 
 
+def _is_credit_code(code: str) -> bool:
+    total = sum(_USCC_ALPHABET.index(c) * pow(3, i, 31) for i, c in enumerate(code[:17]))
+    return code[17] == _USCC_ALPHABET[(31 - total % 31) % 31]
+
+
 def contains_personal_data(text: str) -> bool:
-    """Whether text holds what looks like a resident ID number or a mainland mobile number."""
-    # Both hold a run of eleven digits; the cheap scan spares the full patterns on most text.
-    return _ELEVEN_DIGITS.search(text) is not None and _PERSONAL_DATA.search(text) is not None
+    """Whether text holds what looks like a resident ID number, a mainland mobile number or a credit code."""
+    # ID and plain mobile numbers hold a run of eleven digits; the cheap scan spares the full patterns on most text.
+    if _ELEVEN_DIGITS.search(text) is not None and _PERSONAL_DATA.search(text) is not None:
+        return True
+    if _MOBILE_WRITTEN.search(text) is not None:
+        return True
+    return any(_is_credit_code(m.group()) for m in _USCC.finditer(text))
 
 
 def _plain_json(value: Any) -> bool:

@@ -469,3 +469,30 @@ class TestEvidenceStore:
         assert mount["name"] == "evidence" and mount["subPath"] == "exports"
         settings = ReportingSettings(export_dir=directory, export_ttl_hours=env["REPORTING_EXPORT_TTL_HOURS"]["value"])
         assert not [p for p in settings.local_stand_ins() if "EXPORT" in p]
+
+
+class TestIdentityVaultKeys:
+    @each_values_file
+    def test_identity_reads_its_personal_data_keys_from_a_read_only_secret(self, values_file: pathlib.Path) -> None:
+        from services.identity.config import IdentitySettings
+
+        deployments = process_deployments(render(values_file))
+        identity = pod_spec(deployments["identity"])
+        container = identity["containers"][0]
+        env = env_of(container)
+        files = [
+            pathlib.PurePosixPath(env[name]["value"])
+            for name in ("IDENTITY_VAULT_KEK_FILE", "IDENTITY_BLIND_INDEX_KEY_FILE")
+        ]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "identity-vault-keys")
+        assert {str(f.parent) for f in files} == {mount["mountPath"]}
+        assert mount["readOnly"] is True
+        secret = next(v for v in identity["volumes"] if v["name"] == "identity-vault-keys")["secret"]
+        assert [item["path"] for item in secret["items"]] == [f.name for f in files]
+        expected = values_of(values_file).get("identity", {}).get("vault", {}).get("keySecret")
+        assert secret["secretName"] == (expected or values_of(values_file)["keys"]["existingSecret"])
+        settings = IdentitySettings(vault_kek_file=str(files[0]), blind_index_key_file=str(files[1]))
+        assert not [p for p in settings.local_stand_ins() if "_KEY_FILE" in p or "_KEK_FILE" in p]
+        for process, workload in deployments.items():
+            if process != "identity":
+                assert "identity-vault-keys" not in {v["name"] for v in pod_spec(workload)["volumes"]}, process

@@ -45,6 +45,8 @@ class TestProductionProfile:
         monkeypatch.setenv("AVGATE_ENV", "production")
         monkeypatch.setenv("AVGATE_GENERATE_KEYS", "false")
         monkeypatch.setenv("DATABASE_URL", "postgresql://shared@db/avgate")
+        monkeypatch.setenv("IDENTITY_VAULT_KEK_FILE", "/run/secrets/identity/vault.kek")
+        monkeypatch.setenv("IDENTITY_BLIND_INDEX_KEY_FILE", "/run/secrets/identity/index.keys")
         settings = IdentitySettings()
         settings.check_production()
         assert settings.effective_database_url == "postgresql://shared@db/avgate"

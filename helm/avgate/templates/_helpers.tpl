@@ -255,6 +255,17 @@ Args: dict root, process.
       - key: evidence.kek
         path: evidence.kek
 {{- end }}
+{{- if eq .process "identity" }}
+- name: identity-vault-keys
+  secret:
+    secretName: {{ default (include "avgate.keysSecret" .root) .root.Values.identity.vault.keySecret }}
+    defaultMode: 0440
+    items:
+      - key: identity-vault.kek
+        path: identity-vault.kek
+      - key: identity-index.keys
+        path: identity-index.keys
+{{- end }}
 - name: trusted-keys
   {{- if .root.Values.keys.trustedKeysConfigMap }}
   configMap:
@@ -278,6 +289,11 @@ Args: dict root, process.
 
 {{- define "avgate.evidenceKekFile" -}}
 {{- printf "%s/evidence.kek" (include "avgate.evidenceKekDir" .) -}}
+{{- end }}
+
+{{/* Where identity finds its personal-data KEKs and blind-index keys (its own read-only Secret volume). */}}
+{{- define "avgate.identityVaultKeyDir" -}}
+/var/run/avgate/identity-vault
 {{- end }}
 
 {{/* Scheduling: a process's own settings, else the chart-wide ones. Args: dict root, process. */}}

@@ -27,16 +27,15 @@ the ciphertext remain.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 import struct
 from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from avgate.kernel.keyring import KeyFile, new_key_line, parse_key_file
 
 MAGIC = b"AVGEVID"
 VERSION = 1
@@ -49,7 +48,6 @@ _NONCE_INDEX = struct.Struct(">I")
 _MAX_SEGMENTS = 2**32
 _WRAP_NONCE_SIZE = 12
 _WRAP_LABEL = b"avgate.evidence.data-key.v1"
-KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class CorruptObject(Exception):
@@ -203,20 +201,15 @@ class SealedKey:
 class KeyRing:
     """Key-encryption keys by id; the current one wraps new data keys, every one unwraps.
 
-    Key file: one key a line, `<key id> <base64 of 32 bytes>`; blank lines and
-    lines starting with '#' are ignored; the last key is the current one. To
-    rotate, append a new key and keep the old ones while data keys wrapped by
-    them remain.
+    Key file: avgate.kernel.keyring's format (one `<key id> <base64 of 32
+    bytes>` a line, the last one current). To rotate, append a new key and
+    keep the old ones while data keys wrapped by them remain.
     """
 
     def __init__(self, keys: Mapping[str, bytes], current: str):
         if current not in keys:
             raise ValueError(f"the current key {current!r} is not in the key ring")
-        for kid, key in keys.items():
-            if not KEY_ID.fullmatch(kid):
-                raise ValueError(f"key id {kid!r}: 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'")
-            if len(key) != KEY_SIZE:
-                raise ValueError(f"key {kid!r} is not 32 bytes")
+        KeyFile(dict(keys), current)  # checks ids and key sizes
         self._keys = {kid: AESGCM(key) for kid, key in keys.items()}
         self._current = current
 
@@ -231,33 +224,13 @@ class KeyRing:
     @classmethod
     def parse(cls, text: str) -> KeyRing:
         """A key ring from key-file text; ValueError names the line at fault (never the key)."""
-        keys: dict[str, bytes] = {}
-        current = None
-        for number, line in enumerate(text.splitlines(), start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise ValueError(f"line {number}: expected '<key id> <base64 key>'")
-            kid, encoded = parts
-            if kid in keys:
-                raise ValueError(f"line {number}: key id {kid!r} appears twice")
-            try:
-                keys[kid] = base64.b64decode(encoded, validate=True)
-            except binascii.Error as exc:
-                raise ValueError(f"line {number}: the key is not base64") from exc
-            current = kid
-        if current is None:
-            raise ValueError("the key file holds no key")
-        return cls(keys, current)
+        parsed = parse_key_file(text)
+        return cls(parsed.keys, parsed.current)
 
     @staticmethod
     def new_key_line(kid: str) -> str:
         """A key-file line with a fresh random key."""
-        if not KEY_ID.fullmatch(kid):
-            raise ValueError(f"key id {kid!r}: 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'")
-        return f"{kid} {base64.b64encode(new_data_key()).decode()}"
+        return new_key_line(kid)
 
     def wrap(self, data_key: bytes, context: str) -> SealedKey:
         """`data_key` wrapped by the current KEK, bound to `context` (the object's name)."""
