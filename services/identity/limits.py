@@ -232,8 +232,8 @@ class AbuseLimits:
         # The upsert takes the row lock (and creates the row when new) in one statement: a
         # concurrent sender for the same subject waits here until this transaction ends,
         # then sees what it recorded.
-        stmt = pg_insert(send_limits).values(scope=scope, subject=subject, recent=[], updated_at=now)
-        stmt = stmt.on_conflict_do_update(
+        insert = pg_insert(send_limits).values(scope=scope, subject=subject, recent=[], updated_at=now)
+        stmt = insert.on_conflict_do_update(
             index_elements=[send_limits.c.scope, send_limits.c.subject],
             set_={"updated_at": send_limits.c.updated_at},
         ).returning(send_limits.c.recent)
@@ -378,8 +378,8 @@ class AbuseLimits:
         self, conn: AsyncConnection, tenant_id: str, user_id: str, address_key: bytes, now: datetime
     ) -> Any:
         c = verification_failures.c
-        stmt = pg_insert(verification_failures).values(tenant_id=tenant_id, user_id=user_id, address_key=address_key)
-        stmt = stmt.on_conflict_do_update(
+        insert = pg_insert(verification_failures).values(tenant_id=tenant_id, user_id=user_id, address_key=address_key)
+        stmt = insert.on_conflict_do_update(
             index_elements=[c.tenant_id, c.user_id, c.address_key], set_={"level": c.level}
         ).returning(*verification_failures.c)
         return (await conn.execute(stmt)).one()._mapping

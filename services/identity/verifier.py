@@ -95,7 +95,7 @@ class HttpIdentityVerifier:
         body = answer.json()
         raw = body.get("result") if isinstance(body, dict) else None
         try:
-            outcome = VerifierOutcome(raw)
+            outcome = VerifierOutcome(str(raw))
         except ValueError:
             log.error("identity verifier %s: unreadable answer", method)
             raise DependencyUnavailable(VERIFIER_DEPENDENCY, retry_after_seconds=5.0) from None

@@ -45,6 +45,9 @@ class TestProductionProfile:
         monkeypatch.setenv("AVGATE_ENV", "production")
         monkeypatch.setenv("AVGATE_GENERATE_KEYS", "false")
         monkeypatch.setenv("DATABASE_URL", "postgresql://shared@db/avgate")
+        monkeypatch.setenv("IDENTITY_SMS_URL", "https://sms.example.internal/send")
+        monkeypatch.setenv("IDENTITY_CODE_HASH_KEY_FILE", "/run/secrets/identity-codes.key")
+        monkeypatch.setenv("IDENTITY_VERIFIER_URL", "https://verifier.example.internal")
         settings = IdentitySettings()
         settings.check_production()
         assert settings.effective_database_url == "postgresql://shared@db/avgate"
