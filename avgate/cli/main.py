@@ -122,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             gateway_port=args.gateway_port,
             service_port_base=args.service_port_base,
             metrics_port_base=args.metrics_port_base,
+            verifier_standin_port=args.verifier_standin_port,
         )
     )
 
@@ -136,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--gateway-port", type=int, default=50051)
     run.add_argument("--service-port-base", type=int, default=50061, help="identity, screening, reporting, complaints")
     run.add_argument("--metrics-port-base", type=int, default=9460)
+    run.add_argument(
+        "--verifier-standin-port", type=int, default=0, help="the identity verification stand-in (0: any free port)"
+    )
     run.set_defaults(func=cmd_run)
 
     db = sub.add_parser("db", help="database roles, schemas and migrations")

@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,8 @@ PROCESSES = {
 SERVICES = ("identity", "screening", "reporting", "complaints")
 # Their outbox dispatchers call reporting's CreateIncident (avgate.kernel.reporting_handoff).
 HANDS_INCIDENTS_TO_REPORTING = ("identity", "screening", "complaints")
+# Local-only stand-ins of third parties, run as processes of their own (never in production).
+VERIFIER_STANDIN_MODULE = "services.identity.verifier_standin"
 LOCAL_DATABASE = "avgate"
 DEV_TENANT = "dev-tenant"
 
@@ -59,6 +62,9 @@ class StackConfig:
     gateway_port: int = 50051
     service_port_base: int = 50061
     metrics_port_base: int = 9460
+    # The identity verification service's stand-in (HTTP); identity's IDENTITY_VERIFIER_URL points at it.
+    # 0: a free port, chosen when the stack starts.
+    verifier_standin_port: int = 0
     ready_timeout_seconds: float = 60.0
 
     def port_of(self, name: str) -> int:
@@ -74,6 +80,7 @@ class StackConfig:
 class LocalStack:
     config: StackConfig
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stand_ins: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     admin_url: str = ""
     _embedded: object = None
 
@@ -149,6 +156,8 @@ class LocalStack:
             env["REPORTING_SEQUENCER_DATABASE_URL"] = os.environ.get(
                 "REPORTING_SEQUENCER_DATABASE_URL", role_url(self.admin_url, LEDGER_SEQUENCER_ROLE)
             )
+        if name == "identity":
+            env["IDENTITY_VERIFIER_URL"] = self.verifier_standin_url
         if name in HANDS_INCIDENTS_TO_REPORTING:
             env[f"{prefix}_REPORTING_TARGET"] = f"{self.config.host}:{self.config.port_of('reporting')}"
         if name == "gateway":
@@ -156,9 +165,32 @@ class LocalStack:
                 env[f"GATEWAY_{service.upper()}_TARGET"] = f"{self.config.host}:{self.config.port_of(service)}"
         return env
 
+    @property
+    def verifier_standin_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.verifier_standin_port}"
+
     def start_processes(self, urls: dict[str, str]) -> None:
         logs = self.config.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        if not self.config.verifier_standin_port:
+            with socket.socket() as probe:
+                probe.bind((self.config.host, 0))
+                self.config.verifier_standin_port = int(probe.getsockname()[1])
+        # Its answers come from the fictitious identities shipped with identity (the module's default data).
+        standin_log = open(logs / "verifier-standin.log", "ab")  # noqa: SIM115 - owned by the child
+        self.stand_ins["verifier-standin"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                VERIFIER_STANDIN_MODULE,
+                "--host",
+                self.config.host,
+                "--port",
+                str(self.config.verifier_standin_port),
+            ],
+            stdout=standin_log,
+            stderr=subprocess.STDOUT,
+        )
         for name, module in PROCESSES.items():
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
             self.children[name] = subprocess.Popen(
@@ -180,7 +212,7 @@ class LocalStack:
                                 pending.remove(name)
                         except grpc.aio.AioRpcError:
                             pass
-                    for name, child in self.children.items():
+                    for name, child in {**self.stand_ins, **self.children}.items():
                         if child.poll() is not None:
                             raise RuntimeError(f"{name} exited with code {child.returncode}; see its log")
                     if pending and time.monotonic() > deadline:
@@ -191,11 +223,12 @@ class LocalStack:
         asyncio.run(poll())
 
     def stop(self) -> None:
-        for child in self.children.values():
+        everyone = [*self.children.values(), *self.stand_ins.values()]
+        for child in everyone:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 25
-        for child in self.children.values():
+        for child in everyone:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -215,6 +248,9 @@ class LocalStack:
                     "metrics": f"http://{self.config.host}:{self.config.metrics_port_of(name)}/metrics",
                 }
                 for name, child in self.children.items()
+            },
+            "stand_ins": {
+                name: {"pid": child.pid, "url": self.verifier_standin_url} for name, child in self.stand_ins.items()
             },
             "development_api_keys": keys,
         }

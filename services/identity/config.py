@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import pathlib
+import urllib.parse
 from datetime import UTC, datetime
 from typing import ClassVar
 
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from avgate.kernel.keyring import KeyFile, create_key_file, parse_key_file
@@ -38,16 +41,6 @@ class IdentitySettings(ReportingHandoffSettings):
     def own_blind_index_key_file(self) -> pathlib.Path:
         return self.blind_index_key_file or (self.keys_dir / "identity-index.keys")
 
-    def local_stand_ins(self) -> list[str]:
-        problems = super().local_stand_ins()
-        if self.vault_kek_file is None:
-            problems.append(
-                "no IDENTITY_VAULT_KEK_FILE (a personal-data key-encryption key generated under the state directory)"
-            )
-        if self.blind_index_key_file is None:
-            problems.append("no IDENTITY_BLIND_INDEX_KEY_FILE (a blind-index key generated under the state directory)")
-        return problems
-
     def vault_keys(self) -> tuple[KeyFile, KeyFile]:
         """The KEKs and the blind-index keys, generating a missing file where that is allowed
         (its variable unset, a local stand-in, or AVGATE_GENERATE_KEYS). ValueError names the
@@ -73,3 +66,94 @@ class IdentitySettings(ReportingHandoffSettings):
             return parse_key_file(path.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{variable} ({path}): {exc}") from exc
+
+    # --- SMS (one-time codes are sent directly, never through the outbox)
+    # The SMS gateway's HTTP endpoint. Unset: the local stand-in writes every message, code
+    # included, to IDENTITY_SMS_SINK_FILE (default <state_dir>/sms/messages.jsonl, mode 0600).
+    sms_url: str | None = None
+    sms_bearer_token_file: pathlib.Path | None = None
+    sms_timeout_seconds: float = Field(default=5.0, gt=0)
+    sms_max_attempts: int = Field(default=3, ge=1, le=10)
+    sms_sink_file: pathlib.Path | None = None
+
+    # --- one-time codes
+    code_ttl_seconds: int = Field(default=300, ge=30, le=3600)
+    code_max_attempts: int = Field(default=5, ge=1, le=20)
+    # HMAC keys of codes at rest and of the rate-limit keys of client addresses: one
+    # "<key id> <base64 of 32 bytes>" a line, the last one current. Unset: <keys dir>/identity-codes.key,
+    # generated when missing (a local stand-in).
+    code_hash_key_file: pathlib.Path | None = None
+
+    # --- abuse limits (shared by every replica: they live in PostgreSQL)
+    send_interval_per_phone_seconds: int = Field(default=60, ge=1)
+    sends_per_phone_per_hour: int = Field(default=5, ge=1)
+    sends_per_address_per_hour: int = Field(default=20, ge=1)
+    # Failed code confirmations from one client address before that address is locked out of the account.
+    lockout_threshold_per_address: int = Field(default=5, ge=1)
+    # Failed confirmations from all addresses together before the whole account is locked out.
+    lockout_threshold_per_account: int = Field(default=20, ge=1)
+    # Lockout lengths in seconds, escalating; the last one is the cap.
+    lockout_seconds: list[int] = Field(default=[60, 300, 900, 3600], min_length=1)
+
+    # --- the authoritative identity verifier (an HTTP/JSON adapter)
+    # Unset: no authoritative verification is possible (the production profile refuses it); the
+    # local stack points it at the stand-in (python -m services.identity.verifier_standin).
+    verifier_url: str | None = None
+    verifier_credentials_file: pathlib.Path | None = None
+    verifier_timeout_seconds: float = Field(default=5.0, gt=0)
+    verifier_max_attempts: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("lockout_seconds")
+    @classmethod
+    def _escalating(cls, value: list[int]) -> list[int]:
+        if any(s <= 0 for s in value) or value != sorted(value):
+            raise ValueError("IDENTITY_LOCKOUT_SECONDS must be positive and non-decreasing")
+        return value
+
+    @field_validator("sms_url", "verifier_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            split = urllib.parse.urlsplit(value)
+            if split.scheme not in ("http", "https") or not split.hostname:
+                raise ValueError("must be an http(s) URL")
+        return value
+
+    @property
+    def own_sms_sink_file(self) -> pathlib.Path:
+        return self.sms_sink_file or (self.state_dir / "sms" / "messages.jsonl")
+
+    @property
+    def own_code_hash_key_file(self) -> pathlib.Path:
+        return self.code_hash_key_file or (self.keys_dir / "identity-codes.key")
+
+    def local_stand_ins(self) -> list[str]:
+        problems = super().local_stand_ins()
+        if self.vault_kek_file is None:
+            problems.append(
+                "no IDENTITY_VAULT_KEK_FILE (a personal-data key-encryption key generated under the state directory)"
+            )
+        if self.blind_index_key_file is None:
+            problems.append("no IDENTITY_BLIND_INDEX_KEY_FILE (a blind-index key generated under the state directory)")
+        if not self.sms_url:
+            problems.append("no IDENTITY_SMS_URL (one-time codes written to a local file)")
+        if self.code_hash_key_file is None:
+            problems.append("no IDENTITY_CODE_HASH_KEY_FILE (a code hashing key generated under the state directory)")
+        if not self.verifier_url:
+            problems.append("no IDENTITY_VERIFIER_URL (no authoritative identity verification)")
+        elif _is_local(self.verifier_url):
+            problems.append(
+                f"IDENTITY_VERIFIER_URL={self.verifier_url} points at this machine (the local verification stand-in)"
+            )
+        return problems
+
+
+def _is_local(url: str) -> bool:
+    """True for a loopback host: where the local stack runs the verification stand-in."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

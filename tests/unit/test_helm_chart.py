@@ -482,7 +482,7 @@ class TestIdentityVaultKeys:
         env = env_of(container)
         files = [
             pathlib.PurePosixPath(env[name]["value"])
-            for name in ("IDENTITY_VAULT_KEK_FILE", "IDENTITY_BLIND_INDEX_KEY_FILE")
+            for name in ("IDENTITY_VAULT_KEK_FILE", "IDENTITY_BLIND_INDEX_KEY_FILE", "IDENTITY_CODE_HASH_KEY_FILE")
         ]
         mount = next(m for m in container["volumeMounts"] if m["name"] == "identity-vault-keys")
         assert {str(f.parent) for f in files} == {mount["mountPath"]}
@@ -491,8 +491,16 @@ class TestIdentityVaultKeys:
         assert [item["path"] for item in secret["items"]] == [f.name for f in files]
         expected = values_of(values_file).get("identity", {}).get("vault", {}).get("keySecret")
         assert secret["secretName"] == (expected or values_of(values_file)["keys"]["existingSecret"])
-        settings = IdentitySettings(vault_kek_file=str(files[0]), blind_index_key_file=str(files[1]))
-        assert not [p for p in settings.local_stand_ins() if "_KEY_FILE" in p or "_KEK_FILE" in p]
+        settings = IdentitySettings(
+            vault_kek_file=str(files[0]),
+            blind_index_key_file=str(files[1]),
+            code_hash_key_file=str(files[2]),
+            sms_url=env["IDENTITY_SMS_URL"]["value"],
+            verifier_url=env["IDENTITY_VERIFIER_URL"]["value"],
+            database_url="postgresql://avgate_identity@db/avgate",  # from its Secret in the pod
+            generate_keys=env["AVGATE_GENERATE_KEYS"]["value"],
+        )
+        assert settings.local_stand_ins() == []
         for process, workload in deployments.items():
             if process != "identity":
                 assert "identity-vault-keys" not in {v["name"] for v in pod_spec(workload)["volumes"]}, process

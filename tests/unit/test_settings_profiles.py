@@ -47,6 +47,9 @@ class TestProductionProfile:
         monkeypatch.setenv("DATABASE_URL", "postgresql://shared@db/avgate")
         monkeypatch.setenv("IDENTITY_VAULT_KEK_FILE", "/run/secrets/identity/vault.kek")
         monkeypatch.setenv("IDENTITY_BLIND_INDEX_KEY_FILE", "/run/secrets/identity/index.keys")
+        monkeypatch.setenv("IDENTITY_SMS_URL", "https://sms.example.internal/send")
+        monkeypatch.setenv("IDENTITY_CODE_HASH_KEY_FILE", "/run/secrets/identity-codes.key")
+        monkeypatch.setenv("IDENTITY_VERIFIER_URL", "https://verifier.example.internal")
         settings = IdentitySettings()
         settings.check_production()
         assert settings.effective_database_url == "postgresql://shared@db/avgate"

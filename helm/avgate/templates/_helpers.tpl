@@ -265,6 +265,8 @@ Args: dict root, process.
         path: identity-vault.kek
       - key: identity-index.keys
         path: identity-index.keys
+      - key: identity-codes.key
+        path: identity-codes.key
 {{- end }}
 - name: trusted-keys
   {{- if .root.Values.keys.trustedKeysConfigMap }}

@@ -1,0 +1,236 @@
+"""One-time codes that prove control of a mobile number.
+
+A code is 6 digits from `secrets`, bound to one verification flow and the
+phone's blind index, valid for a short while (5 minutes by default), good
+for one successful confirmation and a few wrong guesses (5 by default),
+after which it is dead. Issuing a new code for a flow supersedes the
+previous one. The code itself never reaches the database or a log: the
+caller gets it once, to put in the SMS text.
+
+Why HMAC-SHA256 with a configured key and not scrypt: a code has only 10^6
+values, so any unkeyed hash, however slow, falls to an offline search over
+all of them from a database dump (scrypt at 50 ms a guess is a few hours on
+one core, minutes on a few dozen). What protects a code at rest is a secret
+the database does not hold: with HMAC under a key from configuration, a
+dump alone gives nothing, and confirming costs microseconds instead of an
+scrypt per request that an attacker could use to burn CPU. The hash also
+covers the flow id and the phone index, so a row copied onto another flow
+or number does not verify. Keys carry an id (the row names its key), so a
+key rotates by adding a line to the key file; old lines can go once the
+codes hashed under them expired (minutes).
+
+Functions take the caller's connection and never commit: the service step
+that sends or confirms a code writes its ledger entry in the same
+transaction. `confirm` returns an outcome rather than raising, so that the
+caller commits a wrong guess's attempt count before answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import hmac
+import os
+import pathlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from avgate.kernel.errors import FieldViolation, InvalidArgument
+from services.identity.models import verification_codes
+
+CODE_DIGITS = 6
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class HashKeyRing:
+    """HMAC keys by id; `current_id` hashes new codes."""
+
+    keys: dict[str, bytes]
+    current_id: str
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> HashKeyRing:
+        """Reads "<key id> <base64 of 32 bytes>" lines; the last one is current."""
+        keys: dict[str, bytes] = {}
+        current = ""
+        for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.split()
+            try:
+                key = base64.b64decode(parts[1], validate=True) if len(parts) == 2 else b""
+            except ValueError:
+                key = b""
+            if len(key) != KEY_BYTES or len(parts[0]) > 64:
+                raise ValueError(f"{path}:{number}: expected '<key id> <base64 of {KEY_BYTES} bytes>'")
+            keys[parts[0]] = key
+            current = parts[0]
+        if not keys:
+            raise ValueError(f"{path} holds no key")
+        return cls(keys, current)
+
+    @classmethod
+    def load_or_generate(cls, path: pathlib.Path) -> HashKeyRing:
+        """The local stand-in: a key generated on first use (mode 0600)."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            line = f"k{datetime.now(UTC):%Y%m%d} {base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}\n"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process made it first
+            else:
+                with os.fdopen(fd, "w", encoding="ascii") as out:
+                    out.write(line)
+        return cls.load(path)
+
+    def derive(self, purpose: str) -> bytes:
+        """A key for another use of the current key (domain-separated), e.g. address keys for limits."""
+        return hmac.new(self.keys[self.current_id], b"avgate-identity/" + purpose.encode(), hashlib.sha256).digest()
+
+
+class CodeOutcome(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    WRONG = "wrong"
+    """Wrong code; `remaining_attempts` more guesses (0: the code is now dead)."""
+    EXPIRED = "expired"
+    NO_ACTIVE_CODE = "no_active_code"
+    """None was sent, it was used, superseded, or died of too many wrong guesses."""
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    code_id: uuid.UUID
+    code: str
+    """The digits, for the SMS text only: never store or log them."""
+    expires_at: datetime
+
+    def __repr__(self) -> str:  # keeps the code out of tracebacks and debug logs
+        return f"IssuedCode(code_id={self.code_id}, expires_at={self.expires_at.isoformat()})"
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    outcome: CodeOutcome
+    remaining_attempts: int
+    code_id: uuid.UUID | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        return self.outcome is CodeOutcome.CONFIRMED
+
+
+def check_code_format(code: str, field: str = "code") -> str:
+    """The code as digits; InvalidArgument (without echoing it) when it is not 6 digits."""
+    candidate = code.strip()
+    if len(candidate) != CODE_DIGITS or not candidate.isascii() or not candidate.isdigit():
+        raise InvalidArgument(FieldViolation(field, f"must be {CODE_DIGITS} digits", "CODE_FORMAT"))
+    return candidate
+
+
+class OneTimeCodes:
+    """Issues and confirms one-time codes in the caller's transaction."""
+
+    def __init__(
+        self,
+        keys: HashKeyRing,
+        *,
+        ttl: timedelta = timedelta(minutes=5),
+        max_attempts: int = 5,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._keys = keys
+        self._ttl = ttl
+        self._max_attempts = max_attempts
+        self._clock = clock
+
+    def _hash(self, key_id: str, flow_id: str, phone_index: bytes, code: str) -> bytes:
+        key = self._keys.keys.get(key_id)
+        if key is None:  # a row hashed under a key since removed: it cannot verify
+            return b""
+        message = b"\x00".join([b"otp-v1", flow_id.encode(), phone_index, code.encode()])
+        return hmac.new(key, message, hashlib.sha256).digest()
+
+    async def issue(self, conn: AsyncConnection, *, flow_id: str, phone_index: bytes) -> IssuedCode:
+        """A fresh code for the flow; the flow's previous active code is superseded."""
+        now = self._clock()
+        await conn.execute(
+            update(verification_codes)
+            .where(verification_codes.c.flow_id == flow_id, verification_codes.c.state == "active")
+            .values(state="superseded", finished_at=now)
+        )
+        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        code_id = uuid.uuid4()
+        expires_at = now + self._ttl
+        key_id = self._keys.current_id
+        await conn.execute(
+            verification_codes.insert().values(
+                code_id=code_id,
+                flow_id=flow_id,
+                phone_index=phone_index,
+                key_id=key_id,
+                code_hash=self._hash(key_id, flow_id, phone_index, code),
+                created_at=now,
+                expires_at=expires_at,
+                max_attempts=self._max_attempts,
+            )
+        )
+        return IssuedCode(code_id, code, expires_at)
+
+    async def confirm(self, conn: AsyncConnection, *, flow_id: str, phone_index: bytes, code: str) -> ConfirmResult:
+        """Checks `code` against the flow's active code (row-locked: concurrent guesses count one by one).
+
+        A malformed code is InvalidArgument and costs no attempt.
+        """
+        candidate = check_code_format(code)
+        now = self._clock()
+        c = verification_codes.c
+        row = (
+            await conn.execute(
+                select(c.code_id, c.phone_index, c.key_id, c.code_hash, c.expires_at, c.attempts, c.max_attempts)
+                .where(c.flow_id == flow_id, c.state == "active")
+                .with_for_update()
+            )
+        ).first()
+        if row is None:
+            return ConfirmResult(CodeOutcome.NO_ACTIVE_CODE, 0)
+        if not hmac.compare_digest(bytes(row.phone_index), phone_index):
+            # The flow's number changed since the code was sent: the code proves nothing about this one.
+            return ConfirmResult(CodeOutcome.NO_ACTIVE_CODE, 0)
+        if row.expires_at <= now:
+            await self._finish(conn, row.code_id, "expired", now)
+            return ConfirmResult(CodeOutcome.EXPIRED, 0, row.code_id)
+        expected = bytes(row.code_hash)
+        if hmac.compare_digest(self._hash(row.key_id, flow_id, phone_index, candidate), expected):
+            await self._finish(conn, row.code_id, "used", now)
+            return ConfirmResult(CodeOutcome.CONFIRMED, 0, row.code_id)
+        attempts = row.attempts + 1
+        remaining = row.max_attempts - attempts
+        values: dict[str, object] = {"attempts": attempts}
+        if remaining <= 0:
+            values |= {"state": "exhausted", "finished_at": now}
+        await conn.execute(update(verification_codes).where(c.code_id == row.code_id).values(**values))
+        return ConfirmResult(CodeOutcome.WRONG, max(remaining, 0), row.code_id)
+
+    async def _finish(self, conn: AsyncConnection, code_id: uuid.UUID, state: str, now: datetime) -> None:
+        await conn.execute(
+            update(verification_codes)
+            .where(verification_codes.c.code_id == code_id)
+            .values(state=state, finished_at=now)
+        )
+
+    async def purge_finished(self, conn: AsyncConnection, *, older_than: timedelta = timedelta(days=1)) -> int:
+        """Deletes codes that expired or finished more than `older_than` ago; returns how many."""
+        cutoff = self._clock() - older_than
+        result = await conn.execute(verification_codes.delete().where(verification_codes.c.expires_at < cutoff))
+        return result.rowcount or 0

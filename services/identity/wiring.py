@@ -1,0 +1,65 @@
+"""Builds the code, limit, SMS and verifier components from IdentitySettings
+(for the composition root; the verification flow's service step uses them)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from avgate.kernel.settings import Environment
+from services.identity.codes import HashKeyRing, OneTimeCodes
+from services.identity.config import IdentitySettings
+from services.identity.http_post import JsonPoster, read_secret_file
+from services.identity.limits import AbuseLimits, LockoutPolicy, SendPolicy
+from services.identity.sms import FileSmsSink, HttpSmsSender, SmsSender
+from services.identity.verifier import HttpIdentityVerifier, IdentityVerifier
+
+
+def code_keys(settings: IdentitySettings) -> HashKeyRing:
+    if settings.code_hash_key_file is not None:
+        return HashKeyRing.load(settings.code_hash_key_file)
+    return HashKeyRing.load_or_generate(settings.own_code_hash_key_file)
+
+
+def one_time_codes(settings: IdentitySettings, keys: HashKeyRing) -> OneTimeCodes:
+    return OneTimeCodes(keys, ttl=timedelta(seconds=settings.code_ttl_seconds), max_attempts=settings.code_max_attempts)
+
+
+def abuse_limits(settings: IdentitySettings, keys: HashKeyRing) -> AbuseLimits:
+    return AbuseLimits(
+        address_secret=keys.derive("limits/client-address"),
+        sends=SendPolicy(
+            phone_interval=timedelta(seconds=settings.send_interval_per_phone_seconds),
+            phone_per_hour=settings.sends_per_phone_per_hour,
+            address_per_hour=settings.sends_per_address_per_hour,
+        ),
+        lockouts=LockoutPolicy(
+            per_address_threshold=settings.lockout_threshold_per_address,
+            per_account_threshold=settings.lockout_threshold_per_account,
+            durations=tuple(timedelta(seconds=s) for s in settings.lockout_seconds),
+        ),
+    )
+
+
+def sms_sender(settings: IdentitySettings) -> SmsSender:
+    if not settings.sms_url:
+        return FileSmsSink(settings.own_sms_sink_file)
+    poster = JsonPoster(
+        settings.sms_url,
+        bearer_token=read_secret_file(settings.sms_bearer_token_file),
+        timeout=settings.sms_timeout_seconds,
+        max_attempts=settings.sms_max_attempts,
+    )
+    return HttpSmsSender(poster)
+
+
+def identity_verifier(settings: IdentitySettings) -> IdentityVerifier | None:
+    """None when no verifier is configured (then no flow reaches AUTHORITATIVELY_VERIFIED)."""
+    if not settings.verifier_url:
+        return None
+    poster = JsonPoster(
+        settings.verifier_url,
+        bearer_token=read_secret_file(settings.verifier_credentials_file),
+        timeout=settings.verifier_timeout_seconds,
+        max_attempts=settings.verifier_max_attempts,
+    )
+    return HttpIdentityVerifier(poster, refuse_stand_in=settings.env is Environment.PRODUCTION)
