@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from avgate.kernel.reporting_handoff import ReportingHandoffSettings
@@ -17,3 +18,7 @@ class IdentitySettings(ReportingHandoffSettings):
 
     grpc_port: int = 50061
     metrics_port: int = 9461
+    # The job that ends enforcement actions at their until_time (every replica may run it).
+    expiry_enabled: bool = True
+    expiry_interval_seconds: float = Field(default=5.0, gt=0)
+    expiry_batch_size: int = Field(default=100, ge=1, le=10_000)

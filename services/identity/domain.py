@@ -427,7 +427,7 @@ def evaluate(
 @dataclass(frozen=True)
 class IssueRequest:
     idempotency_key: str
-    user: UserRef
+    user: UserRef | None
     type: EnforcementActionType | None
     restricted_functions: tuple[AccountFunction | None, ...]
     start_time: datetime | None

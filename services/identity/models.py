@@ -107,13 +107,9 @@ enforcement_actions = Table(
         "type in ('warning', 'function_restriction', 'suspension_of_updating', 'account_closure')",
         name="enforcement_actions_type_known",
     ),
-    CheckConstraint(
-        "state in ('active', 'expired', 'lifted', 'reversed')", name="enforcement_actions_state_known"
-    ),
+    CheckConstraint("state in ('active', 'expired', 'lifted', 'reversed')", name="enforcement_actions_state_known"),
     CheckConstraint("until_time is null or until_time > start_time", name="enforcement_actions_until_after_start"),
-    CheckConstraint(
-        "(state = 'active') = (end_time is null)", name="enforcement_actions_ended_when_not_active"
-    ),
+    CheckConstraint("(state = 'active') = (end_time is null)", name="enforcement_actions_ended_when_not_active"),
     # Idempotency is per tenant: each provider chooses its own keys.
     Index("enforcement_actions_tenant_idempotency_key", "tenant_id", "idempotency_key", unique=True),
     # A user's history, newest first.

@@ -97,9 +97,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "until_time is null or until_time > start_time", name="enforcement_actions_until_after_start"
         ),
-        sa.CheckConstraint(
-            "(state = 'active') = (end_time is null)", name="enforcement_actions_ended_when_not_active"
-        ),
+        sa.CheckConstraint("(state = 'active') = (end_time is null)", name="enforcement_actions_ended_when_not_active"),
         schema="identity",
     )
     op.create_index(
