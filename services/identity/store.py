@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy.exc
-from sqlalchemy import LABEL_STYLE_TABLENAME_PLUS_COL, and_, literal, or_, select, tuple_, update
+from sqlalchemy import and_, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -281,19 +281,17 @@ class SqlIdentityStore:
         # (partial index) in a second, skipped for an account nobody has recorded yet.
         p, a = eligibility_policies, accounts
         one = select(literal(1).label("one")).subquery()
-        query = (
-            select(p, a)
-            .select_from(
-                one.outerjoin(p, p.c.tenant_id == user.tenant_id).outerjoin(
-                    a, and_(a.c.tenant_id == user.tenant_id, a.c.user_id == user.user_id)
-                )
+        query = select(
+            *[c.label(f"p_{c.name}") for c in p.columns], *[c.label(f"a_{c.name}") for c in a.columns]
+        ).select_from(
+            one.outerjoin(p, p.c.tenant_id == user.tenant_id).outerjoin(
+                a, and_(a.c.tenant_id == user.tenant_id, a.c.user_id == user.user_id)
             )
-            .set_label_style(LABEL_STYLE_TABLENAME_PLUS_COL)
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).mappings().one()
-            policy_row = {c.name: row[f"{p.name}_{c.name}"] for c in p.columns}
-            account_row = {c.name: row[f"{a.name}_{c.name}"] for c in a.columns}
+            policy_row = {c.name: row[f"p_{c.name}"] for c in p.columns}
+            account_row = {c.name: row[f"a_{c.name}"] for c in a.columns}
             account = None
             if account_row["tenant_id"] is not None:
                 account = _account_from_row(account_row, await self._active_actions(conn, user))
