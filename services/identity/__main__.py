@@ -1,30 +1,57 @@
-"""Composition root of the identity process: settings → the dispatcher of its
-outbox (incidents handed to reporting) → servicers → server."""
+"""Composition root of the identity process: settings → engine → store →
+service → servicer; background jobs: the dispatcher of its outbox (incidents
+handed to reporting) and the expiry of enforcement actions."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
+from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run, service_process
 from avgate.kernel.reporting_handoff import incident_handoff
 from services.identity.config import IdentitySettings
+from services.identity.expiry import EnforcementExpiry
 from services.identity.models import SCHEMA
-from services.identity.server import registrations
+from services.identity.server import IdentityServicer, registrations
+from services.identity.service import IdentityService
+from services.identity.store import SqlIdentityStore
 
 
-async def compose(settings: IdentitySettings) -> GrpcProcess:
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] = _now) -> GrpcProcess:
+    url = settings.effective_database_url
+    if not url:
+        sys.exit("identity: set IDENTITY_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
     registry = CollectorRegistry()
     try:
         handoff = incident_handoff(settings, SCHEMA, registry)
     except (ValueError, OSError) as exc:
         sys.exit(f"identity: {exc}")
+    engine = create_engine_for(url)
+    service = IdentityService(SqlIdentityStore(engine), clock=clock)
+    background = [handoff.run] if handoff is not None else []
+    if settings.expiry_enabled:
+        expiry = EnforcementExpiry(
+            service, interval_seconds=settings.expiry_interval_seconds, batch_size=settings.expiry_batch_size
+        )
+        background.append(expiry.run)
+
+    async def close() -> None:
+        await engine.dispose()
+
     return service_process(
         settings,
-        registrations(),
-        background=[handoff.run] if handoff is not None else [],
+        registrations(IdentityServicer(service)),
+        background=background,
+        on_shutdown=[close],
         registry=registry,
     )
 

@@ -23,6 +23,10 @@ class IdentitySettings(ReportingHandoffSettings):
 
     grpc_port: int = 50061
     metrics_port: int = 9461
+    # The job that ends enforcement actions at their until_time (every replica may run it).
+    expiry_enabled: bool = True
+    expiry_interval_seconds: float = Field(default=5.0, gt=0)
+    expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
 
     # Personal data (services.identity.vault). Both files hold "<key id> <base64 32 bytes>" lines,
     # the last one current; keep old lines while anything made with them remains.

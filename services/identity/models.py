@@ -1,13 +1,17 @@
 """Tables of the identity schema: the outbox of incidents handed to reporting
-(avgate.kernel.reporting_handoff), one-time codes and abuse limits; its issue
-adds the rest with migrations."""
+(avgate.kernel.reporting_handoff), one-time codes and abuse limits, accounts,
+enforcement actions and tenants' eligibility policies. The verification flows and
+the personal-data vault add theirs with their own migrations."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -19,7 +23,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from avgate.kernel.outbox import outbox_table
 
@@ -89,4 +93,125 @@ verification_failures = Table(
     Column("last_success_at", DateTime(timezone=True)),
     PrimaryKeyConstraint("tenant_id", "user_id", "address_key", name="verification_failures_pkey"),
     CheckConstraint("failed_attempts >= 0 and level >= 0", name="verification_failures_counts_check"),
+)
+
+
+# --- accounts and enforcement
+
+# One row per (tenant, provider user id). No personal data: the level and methods reached, the
+# status the enforcement ladder leaves, the lockout counters the verification limits keep, and for
+# an individual verified as under 18 only the day they turn 18 (no birth date, no ID number).
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("user_id", String(256), primary_key=True),
+    Column("subject_type", String(16)),
+    Column("verification_level", String(32), nullable=False, server_default=text("'none'")),
+    Column("verification_methods", ARRAY(String(32)), nullable=False, server_default=text("'{}'")),
+    Column("verify_time", DateTime(timezone=True)),
+    # Recomputed from the actions in force by every issue, lift and expiry (and set by erasure).
+    Column("status", String(16), nullable=False, server_default=text("'active'")),
+    Column("minor_until", Date),
+    Column("guardian_consent_recorded", Boolean, nullable=False, server_default=text("false")),
+    Column("sensitive_consent_in_force", Boolean, nullable=False, server_default=text("false")),
+    # Verification lockout: written by the verification limits, cleared by UnlockAccount.
+    Column("lockout_until", DateTime(timezone=True)),
+    Column("lockout_level", Integer, nullable=False, server_default=text("0")),
+    Column("failed_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint(
+        "verification_level in ('none', 'format_checked', 'phone_verified', 'authoritatively_verified')",
+        name="accounts_verification_level_known",
+    ),
+    CheckConstraint(
+        "status in ('active', 'restricted', 'suspended', 'closed', 'erased')", name="accounts_status_known"
+    ),
+    CheckConstraint(
+        "subject_type is null or subject_type in ('individual', 'organization')", name="accounts_subject_type_known"
+    ),
+    CheckConstraint("lockout_level >= 0 and failed_attempts >= 0", name="accounts_lockout_counts"),
+)
+
+enforcement_actions = Table(
+    "enforcement_actions",
+    metadata,
+    Column("action_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    # SHA-256 of the canonical request: the same key with another request is a conflict.
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("restricted_functions", ARRAY(String(32)), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("until_time", DateTime(timezone=True)),
+    Column("reason", Text, nullable=False),
+    Column("legal_basis", JSONB, nullable=False),
+    Column("evidence_incident_ids", ARRAY(Text), nullable=False),
+    Column("decided_by", Text, nullable=False),
+    Column("automated", Boolean, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("ended_by", Text, nullable=False, server_default=""),
+    Column("end_reason", Text, nullable=False, server_default=""),
+    Column("appeal_reference", Text, nullable=False, server_default=""),
+    Column("lift_idempotency_key", String(128)),
+    Column("lift_request_hash", LargeBinary(32)),
+    Column("issued_by_subject", Text, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    ForeignKeyConstraint(
+        ["tenant_id", "user_id"],
+        ["identity.accounts.tenant_id", "identity.accounts.user_id"],
+        name="enforcement_actions_account_fkey",
+    ),
+    CheckConstraint(
+        "type in ('warning', 'function_restriction', 'suspension_of_updating', 'account_closure')",
+        name="enforcement_actions_type_known",
+    ),
+    CheckConstraint("state in ('active', 'expired', 'lifted', 'reversed')", name="enforcement_actions_state_known"),
+    CheckConstraint("until_time is null or until_time > start_time", name="enforcement_actions_until_after_start"),
+    CheckConstraint("(state = 'active') = (end_time is null)", name="enforcement_actions_ended_when_not_active"),
+    # Idempotency is per tenant: each provider chooses its own keys.
+    Index("enforcement_actions_tenant_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+    # A user's history, newest first.
+    Index("enforcement_actions_user_create_time", "tenant_id", "user_id", "create_time", "action_id"),
+    # The gate reads a user's active actions; the expiry job finds the active ones past their end.
+    Index(
+        "enforcement_actions_user_active",
+        "tenant_id",
+        "user_id",
+        postgresql_where=text("state = 'active'"),
+    ),
+    Index(
+        "enforcement_actions_active_until",
+        "until_time",
+        postgresql_where=text("state = 'active' and until_time is not null"),
+    ),
+)
+
+# A tenant's eligibility policy; no row means the defaults (services.identity.domain.EligibilityPolicy).
+eligibility_policies = Table(
+    "eligibility_policies",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("default_required_level", String(32), nullable=False),
+    # [[function, level], ...]
+    Column("function_requirements", JSONB, nullable=False),
+    Column("one_identity_per_account", Boolean, nullable=False),
+    # [{"under_age_years": n, "denied_functions": [...], "night_denied_functions": [...]}, ...]
+    Column("minor_rules", JSONB, nullable=False),
+    Column("night_start_minute", Integer, nullable=False),
+    Column("night_end_minute", Integer, nullable=False),
+    Column("time_zone", Text, nullable=False),
+    # The etag: bumped by every update.
+    Column("revision", Integer, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint(
+        "night_start_minute between 0 and 1439 and night_end_minute between 0 and 1439",
+        name="eligibility_policies_night_minutes",
+    ),
+    CheckConstraint("revision > 0", name="eligibility_policies_revision_positive"),
 )

@@ -1,15 +1,342 @@
-"""gRPC servicers of the identity process.
+"""gRPC servicer of the identity process: proto ⇄ domain translation only.
 
-Until its issue lands every RPC answers UNIMPLEMENTED, behind the same
-principal verification as a real servicer.
+Accounts, the publishing gate, the enforcement ladder, unlocking and the
+eligibility policy are served; the verification flows, consents and
+erasure answer UNIMPLEMENTED (the generated base's methods) until their
+step lands, behind the same principal verification.
 """
 
 from __future__ import annotations
 
+import enum
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from avgate.common.v1 import common_pb2
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
+from avgate.kernel import convert
+from avgate.kernel.errors import FieldViolation, InvalidArgument
 from avgate.kernel.grpc.server import ServiceRegistration
-from avgate.kernel.grpc.unimplemented import unimplemented_registrations
+from avgate.kernel.principal import current_principal
+from services.identity.domain import (
+    Account,
+    AccountFunction,
+    ActionFilter,
+    EligibilityPolicy,
+    EnforcementAction,
+    EnforcementActionState,
+    EnforcementActionType,
+    IneligibilityReason,
+    IssueRequest,
+    LegalBasis,
+    LiftKind,
+    LiftRequest,
+    MinorRule,
+    NightWindow,
+    PolicyUpdate,
+    UserRef,
+    VerificationLevel,
+)
+from services.identity.service import IdentityService
+
+IDENTITY = "avgate.identity.v1.IdentityService"
+E = TypeVar("E", bound=enum.Enum)
+
+_LEVEL = (identity_pb2.VerificationLevel, "VERIFICATION_LEVEL_")
+_SUBJECT = (identity_pb2.SubjectType, "SUBJECT_TYPE_")
+_METHOD = (identity_pb2.VerificationMethod, "VERIFICATION_METHOD_")
+_STATUS = (identity_pb2.AccountStatus, "ACCOUNT_STATUS_")
+_FUNCTION = (identity_pb2.AccountFunction, "ACCOUNT_FUNCTION_")
+_CODE = (identity_pb2.IneligibilityCode, "INELIGIBILITY_CODE_")
+_TYPE = (identity_pb2.EnforcementActionType, "ENFORCEMENT_ACTION_TYPE_")
+_STATE = (identity_pb2.EnforcementActionState, "ENFORCEMENT_ACTION_STATE_")
+_LIFT = (identity_pb2.LiftKind, "LIFT_KIND_")
 
 
-def registrations() -> list[ServiceRegistration]:
-    return unimplemented_registrations(identity_pb2, identity_pb2_grpc)
+# --------------------------------------------------------------------------- enums by name
+# Domain enum values are the proto names without their prefix, in lower case.
+
+
+def _from(cls: type[E], wrapper: EnumTypeWrapper, prefix: str, number: int) -> E | None:
+    """The domain value of a proto enum number; None for *_UNSPECIFIED or a number this build does not know."""
+    try:
+        name = wrapper.Name(number)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    suffix = name.removeprefix(prefix).lower()
+    return None if suffix == "unspecified" else cls(suffix)
+
+
+def _to(wrapper: EnumTypeWrapper, prefix: str, value: enum.Enum | None) -> Any:
+    return int(wrapper.Value(f"{prefix}{str(value.value).upper()}")) if value is not None else 0
+
+
+def _filter_values(cls: type[E], wrapper: EnumTypeWrapper, prefix: str, numbers: Any, field: str) -> tuple[E, ...]:
+    values = []
+    for i, number in enumerate(numbers):
+        value = _from(cls, wrapper, prefix, number)
+        if value is None:
+            if number == 0:
+                continue
+            raise InvalidArgument(FieldViolation(f"{field}[{i}]", "not a known value"))
+        values.append(value)
+    return tuple(values)
+
+
+def _time(message: Any, field: str) -> datetime | None:
+    return getattr(message, field).ToDatetime(tzinfo=UTC) if message.HasField(field) else None
+
+
+def _user(message: Any, field: str = "user") -> UserRef | None:
+    if not message.HasField(field):
+        return None
+    ref = getattr(message, field)
+    return UserRef(ref.tenant_id, ref.user_id)
+
+
+def _user_to_proto(user: UserRef) -> common_pb2.UserRef:
+    return common_pb2.UserRef(tenant_id=user.tenant_id, user_id=user.user_id)
+
+
+def _basis_to_proto(basis: LegalBasis) -> common_pb2.LegalBasis:
+    return common_pb2.LegalBasis(
+        instrument=basis.instrument, article=basis.article, paragraph=basis.paragraph, note=basis.note
+    )
+
+
+# --------------------------------------------------------------------------- domain → proto
+
+
+def action_to_proto(a: EnforcementAction) -> identity_pb2.EnforcementAction:
+    return identity_pb2.EnforcementAction(
+        action_id=a.action_id,
+        user=_user_to_proto(a.user),
+        type=_to(*_TYPE, a.type),
+        restricted_functions=[_to(*_FUNCTION, f) for f in a.restricted_functions],
+        start_time=convert.timestamp(a.start_time),
+        until_time=convert.timestamp(a.until_time),
+        reason=a.reason,
+        legal_basis=[_basis_to_proto(b) for b in a.legal_basis],
+        evidence_incident_ids=list(a.evidence_incident_ids),
+        decided_by=a.decided_by,
+        automated=a.automated,
+        state=_to(*_STATE, a.state),
+        end_time=convert.timestamp(a.end_time),
+        ended_by=a.ended_by,
+        end_reason=a.end_reason,
+        create_time=convert.timestamp(a.create_time),
+        issued_by_subject=a.issued_by_subject,
+    )
+
+
+def account_to_proto(account: Account, now: datetime) -> identity_pb2.Account:
+    age = account.age_years(now.date())
+    lockout = account.lockout_at(now)
+    return identity_pb2.Account(
+        user=_user_to_proto(account.user),
+        subject_type=_to(*_SUBJECT, account.subject_type),
+        verification_level=_to(*_LEVEL, account.verification_level),
+        methods=[_to(*_METHOD, m) for m in account.methods],
+        verify_time=convert.timestamp(account.verify_time),
+        status=_to(*_STATUS, account.status),
+        minor=age is not None,
+        age_years=age or 0,
+        guardian_consent_recorded=account.guardian_consent_recorded,
+        sensitive_consent_in_force=account.sensitive_consent_in_force,
+        active_enforcement_actions=[action_to_proto(a) for a in account.active_actions],
+        lockout=identity_pb2.Lockout(
+            until_time=convert.timestamp(lockout.until), level=lockout.level, failed_attempts=lockout.failed_attempts
+        )
+        if lockout is not None
+        else None,
+    )
+
+
+def reason_to_proto(r: IneligibilityReason) -> identity_pb2.IneligibilityReason:
+    return identity_pb2.IneligibilityReason(
+        code=_to(*_CODE, r.code),
+        message=r.message,
+        legal_basis=_basis_to_proto(r.legal_basis),
+        enforcement_action_id=r.enforcement_action_id,
+        until_time=convert.timestamp(r.until_time),
+        required_level=_to(*_LEVEL, r.required_level),
+    )
+
+
+def policy_to_proto(p: EligibilityPolicy) -> identity_pb2.EligibilityPolicy:
+    return identity_pb2.EligibilityPolicy(
+        tenant_id=p.tenant_id,
+        default_required_level=_to(*_LEVEL, p.default_required_level),
+        function_requirements=[
+            identity_pb2.FunctionRequirement(function=_to(*_FUNCTION, f), required_level=_to(*_LEVEL, level))
+            for f, level in p.function_requirements
+        ],
+        one_identity_per_account=p.one_identity_per_account,
+        minor_rules=[
+            identity_pb2.MinorRule(
+                under_age_years=m.under_age_years,
+                denied_functions=[_to(*_FUNCTION, f) for f in m.denied_functions],
+                night_denied_functions=[_to(*_FUNCTION, f) for f in m.night_denied_functions],
+            )
+            for m in p.minor_rules
+        ],
+        night_window=identity_pb2.NightWindow(
+            start_minute=p.night_window.start_minute, end_minute=p.night_window.end_minute
+        ),
+        time_zone=p.time_zone,
+        etag=p.etag,
+        update_time=convert.timestamp(p.update_time),
+    )
+
+
+# --------------------------------------------------------------------------- proto → domain
+
+
+def _functions(numbers: Any) -> tuple[Any, ...]:
+    """Unknown or unspecified values become None: the use case names the field."""
+    return tuple(_from(AccountFunction, *_FUNCTION, n) for n in numbers)
+
+
+def issue_from_proto(m: identity_pb2.IssueEnforcementActionRequest) -> IssueRequest:
+    return IssueRequest(
+        idempotency_key=m.idempotency_key,
+        user=_user(m),
+        type=_from(EnforcementActionType, *_TYPE, m.type),
+        restricted_functions=_functions(m.restricted_functions),
+        start_time=_time(m, "start_time"),
+        until_time=_time(m, "until_time"),
+        reason=m.reason,
+        legal_basis=tuple(LegalBasis(b.instrument, b.article, b.paragraph, b.note) for b in m.legal_basis),
+        evidence_incident_ids=tuple(m.evidence_incident_ids),
+        decided_by=m.decided_by,
+        automated=m.automated,
+    )
+
+
+def policy_update_from_proto(m: identity_pb2.UpdateEligibilityPolicyRequest) -> PolicyUpdate:
+    p = m.policy
+    return PolicyUpdate(
+        tenant_id=p.tenant_id,
+        etag=p.etag,
+        paths=tuple(m.update_mask.paths),
+        default_required_level=_from(VerificationLevel, *_LEVEL, p.default_required_level),
+        function_requirements=tuple(
+            (_from(AccountFunction, *_FUNCTION, r.function), _from(VerificationLevel, *_LEVEL, r.required_level))
+            for r in p.function_requirements
+        ),
+        one_identity_per_account=p.one_identity_per_account,
+        minor_rules=tuple(
+            MinorRule(r.under_age_years, _functions(r.denied_functions), _functions(r.night_denied_functions))
+            for r in p.minor_rules
+        ),
+        night_window=NightWindow(p.night_window.start_minute, p.night_window.end_minute)
+        if p.HasField("night_window")
+        else None,
+        time_zone=p.time_zone,
+    )
+
+
+# --------------------------------------------------------------------------- servicer
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, service: IdentityService):
+        self._service = service
+
+    async def GetAccount(
+        self, request: identity_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetAccountResponse:
+        account = await self._service.get_account(current_principal(), _user(request))
+        return identity_pb2.GetAccountResponse(account=account_to_proto(account, self._service.now()))
+
+    async def CheckEligibility(
+        self, request: identity_pb2.CheckEligibilityRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.CheckEligibilityResponse:
+        answer = await self._service.check_eligibility(
+            current_principal(), _user(request), _from(AccountFunction, *_FUNCTION, request.action)
+        )
+        return identity_pb2.CheckEligibilityResponse(
+            allowed=answer.allowed,
+            reasons=[reason_to_proto(r) for r in answer.reasons],
+            verification_level=_to(*_LEVEL, answer.verification_level),
+            policy_etag=answer.policy_etag,
+            evaluate_time=convert.timestamp(answer.evaluate_time),
+        )
+
+    async def IssueEnforcementAction(
+        self, request: identity_pb2.IssueEnforcementActionRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.IssueEnforcementActionResponse:
+        action, account = await self._service.issue(current_principal(), issue_from_proto(request))
+        return identity_pb2.IssueEnforcementActionResponse(
+            action=action_to_proto(action), account=account_to_proto(account, self._service.now())
+        )
+
+    async def LiftEnforcementAction(
+        self, request: identity_pb2.LiftEnforcementActionRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.LiftEnforcementActionResponse:
+        action, account = await self._service.lift(
+            current_principal(),
+            LiftRequest(
+                idempotency_key=request.idempotency_key,
+                action_id=request.action_id,
+                kind=_from(LiftKind, *_LIFT, request.kind),
+                reason=request.reason,
+                decided_by=request.decided_by,
+                appeal_reference=request.appeal_reference,
+            ),
+        )
+        return identity_pb2.LiftEnforcementActionResponse(
+            action=action_to_proto(action), account=account_to_proto(account, self._service.now())
+        )
+
+    async def GetEnforcementAction(
+        self, request: identity_pb2.GetEnforcementActionRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetEnforcementActionResponse:
+        action = await self._service.get_action(current_principal(), request.action_id)
+        return identity_pb2.GetEnforcementActionResponse(action=action_to_proto(action))
+
+    async def ListEnforcementActions(
+        self, request: identity_pb2.ListEnforcementActionsRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ListEnforcementActionsResponse:
+        time_range = request.create_time_range
+        action_filter = ActionFilter(
+            states=_filter_values(EnforcementActionState, *_STATE, request.states, "states"),
+            types=_filter_values(EnforcementActionType, *_TYPE, request.types, "types"),
+            created_from=_time(time_range, "start_time") if request.HasField("create_time_range") else None,
+            created_before=_time(time_range, "end_time") if request.HasField("create_time_range") else None,
+        )
+        actions, next_token = await self._service.list_actions(
+            current_principal(),
+            _user(request),
+            action_filter,
+            page_size=request.page.page_size,
+            page_token=request.page.page_token,
+        )
+        return identity_pb2.ListEnforcementActionsResponse(
+            actions=[action_to_proto(a) for a in actions], page=common_pb2.PageResponse(next_page_token=next_token)
+        )
+
+    async def UnlockAccount(
+        self, request: identity_pb2.UnlockAccountRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.UnlockAccountResponse:
+        account = await self._service.unlock(current_principal(), _user(request), request.reason)
+        return identity_pb2.UnlockAccountResponse(account=account_to_proto(account, self._service.now()))
+
+    async def GetEligibilityPolicy(
+        self, request: identity_pb2.GetEligibilityPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetEligibilityPolicyResponse:
+        policy = await self._service.get_policy(current_principal(), request.tenant_id)
+        return identity_pb2.GetEligibilityPolicyResponse(policy=policy_to_proto(policy))
+
+    async def UpdateEligibilityPolicy(
+        self, request: identity_pb2.UpdateEligibilityPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.UpdateEligibilityPolicyResponse:
+        policy = await self._service.update_policy(current_principal(), policy_update_from_proto(request))
+        return identity_pb2.UpdateEligibilityPolicyResponse(policy=policy_to_proto(policy))
+
+
+def registrations(identity: IdentityServicer) -> list[ServiceRegistration]:
+    return [ServiceRegistration(identity, identity_pb2_grpc.add_IdentityServiceServicer_to_server, [IDENTITY])]

@@ -129,7 +129,7 @@ class TestLocalStack:
                 "-H",
                 f"authorization: Bearer {key}",
                 "-d",
-                "{}",
+                '{"user": {"user_id": "u-1"}, "action": "ACCOUNT_FUNCTION_PUBLISH"}',
                 running.gateway,
                 "avgate.identity.v1.IdentityService/CheckEligibility",
             ],
@@ -137,7 +137,8 @@ class TestLocalStack:
             text=True,
             timeout=20,
         )
-        assert "Unimplemented" in result.stderr + result.stdout
+        # Identity answered for the key's tenant: an unverified user may not publish.
+        assert "INELIGIBILITY_CODE_VERIFICATION_LEVEL_TOO_LOW" in result.stdout, result.stderr
 
     def test_call_without_the_development_key_is_refused(self, running: RunningStack) -> None:
         with grpc.insecure_channel(running.gateway) as channel:

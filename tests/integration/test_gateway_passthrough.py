@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from avgate.common.v1 import common_pb2
 from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.db import create_engine_for
@@ -55,9 +56,14 @@ async def stack(database: Database, keys_dir: pathlib.Path) -> AsyncIterator[Sta
         provider.add_span_processor(SimpleSpanProcessor(SPANS))
         trace.set_tracer_provider(provider)
     common = {"trusted_keys_dir": keys_dir, "generate_keys": False, "metrics_port": -1, "grpc_port": 0}
-    # identity here is only an upstream: no outbox of incidents to dispatch.
+    # identity here is only an upstream: no outbox of incidents to dispatch, no expiry job.
     identity: GrpcProcess = await compose_identity(
-        IdentitySettings(**common, dispatcher_enabled=False)  # type: ignore[arg-type]
+        IdentitySettings(
+            **common,  # type: ignore[arg-type]
+            database_url=database.url_for("identity"),
+            dispatcher_enabled=False,
+            expiry_enabled=False,
+        )
     )
     await identity.start()
     gateway: GrpcProcess = await compose_gateway(
@@ -111,14 +117,18 @@ class TestFrontDoor:
 
     async def test_a_valid_key_reaches_the_service_which_accepts_the_principal(self, stack: Stack) -> None:
         stub = identity_pb2_grpc.IdentityServiceStub(stack.gateway)
-        with pytest.raises(grpc.aio.AioRpcError) as answered:
-            await stub.CheckEligibility(
-                identity_pb2.CheckEligibilityRequest(),
-                metadata=(*bearer(stack.keys[Role.PROVIDER]), ("x-request-id", "req-42")),
-            )
-        # Identity's issue has not landed: past the principal check it answers UNIMPLEMENTED.
-        assert answered.value.code() is grpc.StatusCode.UNIMPLEMENTED
-        assert ("x-request-id", "req-42") in tuple(answered.value.initial_metadata() or ())
+        call = stub.CheckEligibility(
+            identity_pb2.CheckEligibilityRequest(
+                user=common_pb2.UserRef(tenant_id="tenant-a", user_id="u-1"),
+                action=identity_pb2.ACCOUNT_FUNCTION_PUBLISH,
+            ),
+            metadata=(*bearer(stack.keys[Role.PROVIDER]), ("x-request-id", "req-42")),
+        )
+        answer = await call
+        # Identity accepted the key's tenant as the caller's: an unverified user may not publish.
+        assert not answer.allowed
+        assert [r.code for r in answer.reasons] == [identity_pb2.INELIGIBILITY_CODE_VERIFICATION_LEVEL_TOO_LOW]
+        assert ("x-request-id", "req-42") in tuple(await call.initial_metadata() or ())
 
     async def test_malformed_request_to_the_gateway_gets_field_violations_and_changes_nothing(
         self, stack: Stack
@@ -192,7 +202,8 @@ class TestServicesTrustOnlyTheGateway:
         metadata = ((TOKEN_METADATA_KEY, token),)
         with pytest.raises(grpc.aio.AioRpcError) as first:
             await stub.CheckEligibility(identity_pb2.CheckEligibilityRequest(), metadata=metadata)
-        assert first.value.code() is grpc.StatusCode.UNIMPLEMENTED  # accepted once
+        # Accepted once: past the principal check identity validates the (empty) request.
+        assert first.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.aio.AioRpcError) as replay:
             await stub.CheckEligibility(identity_pb2.CheckEligibilityRequest(), metadata=metadata)
         assert replay.value.code() is grpc.StatusCode.UNAUTHENTICATED
