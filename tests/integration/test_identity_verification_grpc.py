@@ -23,14 +23,17 @@ from psycopg.rows import dict_row
 
 from avgate.common.v1 import common_pb2
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
-from avgate.kernel.db import libpq_url
+from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
+from avgate.ledger.checkpoint import NoteSigner
+from avgate.ledger.verify import verify_database
 from services.identity.__main__ import compose
 from services.identity.config import IdentitySettings
 from services.identity.vault import FieldDecryptionFailed, Vault, WrappedDataKey
 from services.identity.verifier_standin import DEFAULT_DATA, VerifierStandIn, load_data
+from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
 from tests.integration.test_identity_sms_verifier import serving
 from tests.support import details, violated_fields
@@ -239,6 +242,18 @@ async def ledger(env: Env, tenant: str) -> list[dict[str, Any]]:
     )
     docs = [json.loads(r["doc"]) for r in rows]
     return [d for d in docs if d["tenant"] == tenant]
+
+
+async def integrate_and_verify(env: Env, signer: NoteSigner) -> None:
+    """Sequences the queued entries into the Merkle tree and verifies the whole ledger."""
+    url = libpq_url(role_url(env.database.admin_url, LEDGER_SEQUENCER_ROLE))
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await Sequencer(url, signer, signer.name, batch_size=1000).integrate_once(conn)
+    reporting = libpq_url(env.database.url_for("reporting"))
+    async with await psycopg.AsyncConnection.connect(reporting) as conn:
+        report = await verify_database(conn, workers=0)
+    assert report.ok, report.problems
+    assert report.entries_checked > 0
 
 
 class TestTheFlow:
@@ -563,10 +578,12 @@ class TestErasure:
     async def test_withdrawing_consent_shreds_the_data_and_the_ledger_still_holds_none(
         self, env: Env, tenant: str
     ) -> None:
+        signer = NoteSigner.generate("test.example/identity-ledger")
         given = await consent(env, tenant)
         flow = await start(env, tenant)
         await confirm(env, tenant, flow.flow_id, ADULT["mobile"])
         await complete(env, tenant, flow.flow_id)
+        await integrate_and_verify(env, signer)  # the account's trail, sequenced before the erasure
         (key_row,) = await env.sql("select * from identity.personal_data_keys where record_id = %s", flow.flow_id)
         (flow_row,) = await env.sql("select * from identity.verification_flows where flow_id = %s", flow.flow_id)
         withdrawn = await env.call(
@@ -601,6 +618,7 @@ class TestErasure:
             provider(tenant),
         )
         assert V.INELIGIBILITY_CODE_CONSENT_MISSING in {r.code for r in verdict.reasons}
+        await integrate_and_verify(env, signer)  # the trail stays verifiable after the erasure
 
     async def test_erasure_on_request_and_verifying_again(self, env: Env, tenant: str) -> None:
         await verify(env, tenant)
