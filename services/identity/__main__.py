@@ -14,12 +14,14 @@ from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run, service_process
 from avgate.kernel.reporting_handoff import incident_handoff
+from services.identity import wiring
 from services.identity.config import IdentitySettings
 from services.identity.expiry import EnforcementExpiry
 from services.identity.models import SCHEMA
 from services.identity.server import IdentityServicer, registrations
 from services.identity.service import IdentityService
 from services.identity.store import SqlIdentityStore
+from services.identity.verification import VerificationService
 
 
 def _now() -> datetime:
@@ -35,8 +37,27 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
         handoff = incident_handoff(settings, SCHEMA, registry)
     except (ValueError, OSError) as exc:
         sys.exit(f"identity: {exc}")
+    try:
+        vault, indexer = wiring.vault_and_indexer(settings)
+        code_keys = wiring.code_keys(settings)
+        sms = wiring.sms_sender(settings)
+        verifier = wiring.identity_verifier(settings)
+    except (ValueError, OSError) as exc:
+        sys.exit(f"identity: {exc}")
+    limits = wiring.abuse_limits(settings, code_keys, clock=clock)
     engine = create_engine_for(url)
-    service = IdentityService(SqlIdentityStore(engine), clock=clock)
+    service = IdentityService(SqlIdentityStore(engine, limits), clock=clock)
+    verification = VerificationService(
+        engine,
+        service,
+        vault=vault,
+        indexer=indexer,
+        codes=wiring.one_time_codes(settings, code_keys, clock=clock),
+        limits=limits,
+        sms=sms,
+        verifier=verifier,
+        clock=clock,
+    )
     background = [handoff.run] if handoff is not None else []
     if settings.expiry_enabled:
         expiry = EnforcementExpiry(
@@ -49,7 +70,7 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
 
     return service_process(
         settings,
-        registrations(IdentityServicer(service)),
+        registrations(IdentityServicer(service, verification)),
         background=background,
         on_shutdown=[close],
         registry=registry,

@@ -215,3 +215,134 @@ eligibility_policies = Table(
     ),
     CheckConstraint("revision > 0", name="eligibility_policies_revision_positive"),
 )
+
+
+# --- verification flows, consents, personal data
+# Personal data lives only in `*_ct` columns, sealed with the record's data key
+# (services.identity.vault); lookups use blind-index digests. Masked renderings are
+# computed on read from the decrypted values, never stored. Erasure deletes the
+# record's wrapped key and clears the ciphertexts and digests.
+
+# One wrapped data key per record (a flow's subject, a guardian); deleting the row
+# is the crypto-shredding step of erasure.
+personal_data_keys = Table(
+    "personal_data_keys",
+    metadata,
+    Column("record_id", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("kek_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Index("personal_data_keys_user", "tenant_id", "user_id"),
+)
+
+verification_flows = Table(
+    "verification_flows",
+    metadata,
+    Column("flow_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    # Keyed (blind-index) digest of the request: the same key with another identity is a conflict.
+    Column("request_digest", LargeBinary(32), nullable=False),
+    Column("subject_type", String(16), nullable=False),
+    Column("id_kind", String(32), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("level_reached", String(32), nullable=False),
+    Column("methods", ARRAY(String(32)), nullable=False),
+    Column("name_ct", LargeBinary),
+    Column("id_number_ct", LargeBinary),
+    Column("mobile_ct", LargeBinary),
+    Column("index_version", String(64)),
+    Column("id_index", LargeBinary(32)),
+    Column("phone_index", LargeBinary(32)),
+    Column("guardian_consent_required", Boolean, nullable=False),
+    Column("guardian_consent_id", String(40)),
+    # The day an individual under 18 turns 18 (no birth date kept in clear).
+    Column("minor_until", Date),
+    Column("failure_reason", String(32)),
+    Column("complete_idempotency_key", String(128)),
+    Column("verifier_reference", Text),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("expire_time", DateTime(timezone=True), nullable=False),
+    Column("finish_time", DateTime(timezone=True)),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(
+        ["tenant_id", "user_id"],
+        ["identity.accounts.tenant_id", "identity.accounts.user_id"],
+        name="verification_flows_account_fkey",
+    ),
+    CheckConstraint(
+        "state in ('awaiting_code', 'code_confirmed', 'awaiting_guardian_consent', 'completed', 'failed', 'expired')",
+        name="verification_flows_state_known",
+    ),
+    Index("verification_flows_tenant_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+    Index("verification_flows_user", "tenant_id", "user_id", "create_time"),
+)
+
+# "One identity backs at most one account" (tenant policy): only the blind-index digest
+# is uniquely indexed, so a unique violation's DETAIL names a digest, never a clear value.
+identity_claims = Table(
+    "identity_claims",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("digest", LargeBinary(32), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("flow_id", String(40), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "kind", "version", "digest", name="identity_claims_pkey"),
+    Index("identity_claims_user", "tenant_id", "user_id"),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("consent_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("request_hash", LargeBinary(32), nullable=False),
+    Column("purpose", String(48), nullable=False),
+    Column("text_version", String(64), nullable=False),
+    Column("consent_time", DateTime(timezone=True), nullable=False),
+    Column("withdraw_time", DateTime(timezone=True)),
+    Column("withdraw_idempotency_key", String(128)),
+    Column("erasure_id", String(40)),
+    # Guardian consents: the guardian's data sealed with its own record key (record id = consent id).
+    Column("flow_id", String(40)),
+    Column("relationship", String(32)),
+    Column("guardian_name_ct", LargeBinary),
+    Column("guardian_id_number_ct", LargeBinary),
+    Column("guardian_mobile_ct", LargeBinary),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    ForeignKeyConstraint(
+        ["tenant_id", "user_id"],
+        ["identity.accounts.tenant_id", "identity.accounts.user_id"],
+        name="consents_account_fkey",
+    ),
+    CheckConstraint(
+        "purpose in ('sensitive_personal_information', 'service_agreement', 'guardian')", name="consents_purpose_known"
+    ),
+    Index("consents_tenant_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+    Index("consents_user", "tenant_id", "user_id", "create_time", "consent_id"),
+)
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("erasure_id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", String(256), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("cause", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("erase_time", DateTime(timezone=True), nullable=False),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    CheckConstraint("cause in ('request', 'consent_withdrawn')", name="erasures_cause_known"),
+    Index("erasures_tenant_idempotency_key", "tenant_id", "idempotency_key", unique=True),
+)

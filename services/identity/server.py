@@ -1,9 +1,7 @@
 """gRPC servicer of the identity process: proto ⇄ domain translation only.
 
-Accounts, the publishing gate, the enforcement ladder, unlocking and the
-eligibility policy are served; the verification flows, consents and
-erasure answer UNIMPLEMENTED (the generated base's methods) until their
-step lands, behind the same principal verification.
+Accounts, the publishing gate, the enforcement ladder, unlocking, the
+eligibility policy, the verification flows, consents and erasure.
 """
 
 from __future__ import annotations
@@ -41,6 +39,18 @@ from services.identity.domain import (
     VerificationLevel,
 )
 from services.identity.service import IdentityService
+from services.identity.vault import Masked
+from services.identity.verification import (
+    Consent,
+    ConsentPurpose,
+    Erasure,
+    Flow,
+    GuardianInput,
+    GuardianRelationship,
+    IdentityInput,
+    SubjectType,
+    VerificationService,
+)
 
 IDENTITY = "avgate.identity.v1.IdentityService"
 E = TypeVar("E", bound=enum.Enum)
@@ -54,6 +64,10 @@ _CODE = (identity_pb2.IneligibilityCode, "INELIGIBILITY_CODE_")
 _TYPE = (identity_pb2.EnforcementActionType, "ENFORCEMENT_ACTION_TYPE_")
 _STATE = (identity_pb2.EnforcementActionState, "ENFORCEMENT_ACTION_STATE_")
 _LIFT = (identity_pb2.LiftKind, "LIFT_KIND_")
+_FLOW_STATE = (identity_pb2.VerificationFlowState, "VERIFICATION_FLOW_STATE_")
+_FAILURE = (identity_pb2.VerificationFailureReason, "VERIFICATION_FAILURE_REASON_")
+_PURPOSE = (identity_pb2.ConsentPurpose, "CONSENT_PURPOSE_")
+_RELATIONSHIP = (identity_pb2.GuardianRelationship, "GUARDIAN_RELATIONSHIP_")
 
 
 # --------------------------------------------------------------------------- enums by name
@@ -132,10 +146,20 @@ def action_to_proto(a: EnforcementAction) -> identity_pb2.EnforcementAction:
     )
 
 
-def account_to_proto(account: Account, now: datetime) -> identity_pb2.Account:
+def _masked(value: Masked | None) -> common_pb2.MaskedValue | None:
+    return common_pb2.MaskedValue(masked=value.masked, kind=value.kind) if value is not None else None
+
+
+Masks = tuple[Masked | None, Masked | None, Masked | None]
+
+
+def account_to_proto(account: Account, now: datetime, masks: Masks = (None, None, None)) -> identity_pb2.Account:
     age = account.age_years(now.date())
     lockout = account.lockout_at(now)
     return identity_pb2.Account(
+        masked_name=_masked(masks[0]),
+        masked_id_number=_masked(masks[1]),
+        masked_mobile=_masked(masks[2]),
         user=_user_to_proto(account.user),
         subject_type=_to(*_SUBJECT, account.subject_type),
         verification_level=_to(*_LEVEL, account.verification_level),
@@ -153,6 +177,61 @@ def account_to_proto(account: Account, now: datetime) -> identity_pb2.Account:
         if lockout is not None
         else None,
     )
+
+
+def flow_to_proto(f: Flow) -> identity_pb2.VerificationFlow:
+    return identity_pb2.VerificationFlow(
+        flow_id=f.flow_id,
+        user=_user_to_proto(f.user),
+        subject_type=_to(*_SUBJECT, f.subject_type),
+        state=_to(*_FLOW_STATE, f.state),
+        level_reached=_to(*_LEVEL, f.level_reached),
+        methods=[_to(*_METHOD, m) for m in f.methods],
+        masked_name=_masked(f.masked_name),
+        masked_id_number=_masked(f.masked_id_number),
+        masked_mobile=_masked(f.masked_mobile),
+        guardian_consent_required=f.guardian_consent_required,
+        failure_reason=_to(*_FAILURE, f.failure_reason),
+        create_time=convert.timestamp(f.create_time),
+        expire_time=convert.timestamp(f.expire_time),
+        finish_time=convert.timestamp(f.finish_time),
+    )
+
+
+def consent_to_proto(c: Consent) -> identity_pb2.Consent:
+    return identity_pb2.Consent(
+        consent_id=c.consent_id,
+        user=_user_to_proto(c.user),
+        purpose=_to(*_PURPOSE, c.purpose),
+        text_version=c.text_version,
+        consent_time=convert.timestamp(c.consent_time),
+        withdraw_time=convert.timestamp(c.withdraw_time),
+        masked_guardian_name=_masked(c.masked_guardian_name),
+    )
+
+
+def erasure_to_proto(e: Erasure | None) -> identity_pb2.Erasure | None:
+    if e is None:
+        return None
+    return identity_pb2.Erasure(
+        erasure_id=e.erasure_id,
+        user=_user_to_proto(e.user),
+        erase_time=convert.timestamp(e.erase_time),
+        ledger_entry_id=e.ledger_entry_id,
+    )
+
+
+def identity_from_proto(m: identity_pb2.StartVerificationRequest) -> IdentityInput:
+    kind = m.WhichOneof("subject")
+    if kind == "individual":
+        i = m.individual
+        return IdentityInput(SubjectType.INDIVIDUAL, i.name, i.resident_id_number, False, i.mobile)
+    if kind == "organization":
+        o = m.organization
+        legacy = o.WhichOneof("code") == "legacy_organization_code"
+        code = o.legacy_organization_code if legacy else o.unified_social_credit_code
+        return IdentityInput(SubjectType.ORGANIZATION, o.organization_name, code, legacy, o.contact_mobile)
+    return IdentityInput(None)
 
 
 def reason_to_proto(r: IneligibilityReason) -> identity_pb2.IneligibilityReason:
@@ -243,14 +322,121 @@ def policy_update_from_proto(m: identity_pb2.UpdateEligibilityPolicyRequest) -> 
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, service: IdentityService):
+    def __init__(self, service: IdentityService, verification: VerificationService):
         self._service = service
+        self._verification = verification
+
+    async def _account(self, user: UserRef) -> identity_pb2.Account:
+        account = await self._service.get_account(current_principal(), user)
+        masks = await self._verification.masked_identity(account.user)
+        return account_to_proto(account, self._service.now(), masks)
 
     async def GetAccount(
         self, request: identity_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.GetAccountResponse:
         account = await self._service.get_account(current_principal(), _user(request))
-        return identity_pb2.GetAccountResponse(account=account_to_proto(account, self._service.now()))
+        masks = await self._verification.masked_identity(account.user)
+        return identity_pb2.GetAccountResponse(account=account_to_proto(account, self._service.now(), masks))
+
+    async def StartVerification(
+        self, request: identity_pb2.StartVerificationRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.StartVerificationResponse:
+        flow = await self._verification.start(
+            current_principal(), request.idempotency_key, _user(request), identity_from_proto(request)
+        )
+        return identity_pb2.StartVerificationResponse(flow=flow_to_proto(flow))
+
+    async def SendVerificationCode(
+        self, request: identity_pb2.SendVerificationCodeRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.SendVerificationCodeResponse:
+        sent = await self._verification.send_code(current_principal(), request.flow_id)
+        return identity_pb2.SendVerificationCodeResponse(
+            flow=flow_to_proto(sent.flow),
+            code_expire_time=convert.timestamp(sent.code_expire_time),
+            next_send_time=convert.timestamp(sent.next_send_time),
+        )
+
+    async def ConfirmVerificationCode(
+        self, request: identity_pb2.ConfirmVerificationCodeRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ConfirmVerificationCodeResponse:
+        flow, remaining = await self._verification.confirm_code(current_principal(), request.flow_id, request.code)
+        return identity_pb2.ConfirmVerificationCodeResponse(flow=flow_to_proto(flow), remaining_attempts=remaining)
+
+    async def CompleteVerification(
+        self, request: identity_pb2.CompleteVerificationRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.CompleteVerificationResponse:
+        flow = await self._verification.complete(current_principal(), request.flow_id, request.idempotency_key)
+        return identity_pb2.CompleteVerificationResponse(
+            flow=flow_to_proto(flow), account=await self._account(flow.user)
+        )
+
+    async def GetVerificationFlow(
+        self, request: identity_pb2.GetVerificationFlowRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.GetVerificationFlowResponse:
+        flow = await self._verification.get_flow(current_principal(), request.flow_id)
+        return identity_pb2.GetVerificationFlowResponse(flow=flow_to_proto(flow))
+
+    async def RecordGuardianConsent(
+        self, request: identity_pb2.RecordGuardianConsentRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.RecordGuardianConsentResponse:
+        g = request.guardian
+        flow, consent = await self._verification.record_guardian_consent(
+            current_principal(),
+            GuardianInput(
+                idempotency_key=request.idempotency_key,
+                flow_id=request.flow_id,
+                guardian=IdentityInput(SubjectType.INDIVIDUAL, g.name, g.resident_id_number, False, g.mobile)
+                if request.HasField("guardian")
+                else None,
+                relationship=_from(GuardianRelationship, *_RELATIONSHIP, request.relationship),
+                text_version=request.consent_text_version,
+                consent_time=_time(request, "consent_time"),
+            ),
+        )
+        return identity_pb2.RecordGuardianConsentResponse(flow=flow_to_proto(flow), consent=consent_to_proto(consent))
+
+    async def RecordConsent(
+        self, request: identity_pb2.RecordConsentRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.RecordConsentResponse:
+        consent = await self._verification.record_consent(
+            current_principal(),
+            request.idempotency_key,
+            _user(request),
+            _from(ConsentPurpose, *_PURPOSE, request.purpose),
+            request.text_version,
+            _time(request, "consent_time"),
+        )
+        return identity_pb2.RecordConsentResponse(consent=consent_to_proto(consent))
+
+    async def ListConsents(
+        self, request: identity_pb2.ListConsentsRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ListConsentsResponse:
+        found, token = await self._verification.list_consents(
+            current_principal(), _user(request), page_size=request.page.page_size, page_token=request.page.page_token
+        )
+        return identity_pb2.ListConsentsResponse(
+            consents=[consent_to_proto(c) for c in found], page=common_pb2.PageResponse(next_page_token=token)
+        )
+
+    async def WithdrawConsent(
+        self, request: identity_pb2.WithdrawConsentRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.WithdrawConsentResponse:
+        consent, erasure = await self._verification.withdraw_consent(
+            current_principal(), request.idempotency_key, request.consent_id, _time(request, "withdraw_time")
+        )
+        return identity_pb2.WithdrawConsentResponse(
+            consent=consent_to_proto(consent), erasure=erasure_to_proto(erasure)
+        )
+
+    async def RequestErasure(
+        self, request: identity_pb2.RequestErasureRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.RequestErasureResponse:
+        erasure = await self._verification.request_erasure(
+            current_principal(), request.idempotency_key, _user(request), request.reason
+        )
+        return identity_pb2.RequestErasureResponse(
+            erasure=erasure_to_proto(erasure), account=await self._account(erasure.user)
+        )
 
     async def CheckEligibility(
         self, request: identity_pb2.CheckEligibilityRequest, context: grpc.aio.ServicerContext

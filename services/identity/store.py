@@ -45,6 +45,7 @@ from services.identity.domain import (
     status_from,
 )
 from services.identity.handoff import report_enforcement
+from services.identity.limits import AbuseLimits
 from services.identity.models import accounts, eligibility_policies, enforcement_actions
 
 EXPIRY_ACTOR = "identity/enforcement-expiry"
@@ -243,8 +244,10 @@ def _of_user(user: UserRef) -> Any:
 
 
 class SqlIdentityStore:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, limits: AbuseLimits | None = None):
         self._engine = engine
+        # The verification lockouts an unlock clears with the account's own counters.
+        self._limits = limits
 
     # ----------------------------------------------------------------- reads
 
@@ -443,6 +446,8 @@ class SqlIdentityStore:
                 .where(accounts.c.tenant_id == user.tenant_id, accounts.c.user_id == user.user_id)
                 .values(lockout_until=None, lockout_level=0, failed_attempts=0, update_time=now)
             )
+            if self._limits is not None:
+                await self._limits.unlock(conn, tenant_id=user.tenant_id, user_id=user.user_id)
             await ledger_append(conn, audit)
             account = await self._account(conn, user)
         assert account is not None

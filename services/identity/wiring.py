@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from avgate.kernel.settings import Environment
 from services.identity.codes import HashKeyRing, OneTimeCodes
@@ -11,7 +12,18 @@ from services.identity.config import IdentitySettings
 from services.identity.http_post import JsonPoster, read_secret_file
 from services.identity.limits import AbuseLimits, LockoutPolicy, SendPolicy
 from services.identity.sms import FileSmsSink, HttpSmsSender, SmsSender
+from services.identity.vault import BlindIndexer, Vault
 from services.identity.verifier import HttpIdentityVerifier, IdentityVerifier
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def vault_and_indexer(settings: IdentitySettings) -> tuple[Vault, BlindIndexer]:
+    """The personal-data vault and the blind indexer from the configured key files."""
+    keks, index_keys = settings.vault_keys()
+    return Vault(keks), BlindIndexer(index_keys)
 
 
 def code_keys(settings: IdentitySettings) -> HashKeyRing:
@@ -20,12 +32,20 @@ def code_keys(settings: IdentitySettings) -> HashKeyRing:
     return HashKeyRing.load_or_generate(settings.own_code_hash_key_file)
 
 
-def one_time_codes(settings: IdentitySettings, keys: HashKeyRing) -> OneTimeCodes:
-    return OneTimeCodes(keys, ttl=timedelta(seconds=settings.code_ttl_seconds), max_attempts=settings.code_max_attempts)
+def one_time_codes(
+    settings: IdentitySettings, keys: HashKeyRing, *, clock: Callable[[], datetime] = _now
+) -> OneTimeCodes:
+    return OneTimeCodes(
+        keys,
+        ttl=timedelta(seconds=settings.code_ttl_seconds),
+        max_attempts=settings.code_max_attempts,
+        clock=clock,
+    )
 
 
-def abuse_limits(settings: IdentitySettings, keys: HashKeyRing) -> AbuseLimits:
+def abuse_limits(settings: IdentitySettings, keys: HashKeyRing, *, clock: Callable[[], datetime] = _now) -> AbuseLimits:
     return AbuseLimits(
+        clock=clock,
         address_secret=keys.derive("limits/client-address"),
         sends=SendPolicy(
             phone_interval=timedelta(seconds=settings.send_interval_per_phone_seconds),
