@@ -351,3 +351,21 @@ class TestNames:
         )
         assert "at most 200" in refused(lambda v: parse_organization_name(v, field), "公" * 201, field)
         assert "control" in refused(lambda v: parse_organization_name(v, field), "某某\u0000公司", field)
+
+
+def test_the_verification_stand_in_ships_only_valid_fictitious_documents() -> None:
+    """The local stack's verifier answers from this file: every number in it must pass our own rules,
+    or a local flow could never reach the authoritative level."""
+    import json
+    import pathlib
+
+    import services.identity
+
+    data = pathlib.Path(services.identity.__file__).parent / "standin_data" / "identities.jsonl"
+    lines = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    assert lines
+    for entry in lines:
+        if "credit_code" in entry:
+            parse_credit_code(entry["credit_code"], "credit_code")
+        if "id_number" in entry:
+            parse_resident_id(entry["id_number"], "id_number")
