@@ -1,6 +1,7 @@
 """Composition root of the identity process: settings → engine → store →
 service → servicer; background jobs: the dispatcher of its outbox (incidents
-handed to reporting) and the expiry of enforcement actions."""
+handed to reporting), the expiry of enforcement actions and the re-index after a
+blind-index key rotation."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from services.identity import wiring
 from services.identity.config import IdentitySettings
 from services.identity.expiry import EnforcementExpiry
 from services.identity.models import SCHEMA
+from services.identity.reindex import IndexRotation
 from services.identity.server import IdentityServicer, registrations
 from services.identity.service import IdentityService
 from services.identity.store import SqlIdentityStore
@@ -59,6 +61,7 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
         clock=clock,
     )
     background = [handoff.run] if handoff is not None else []
+    background.append(IndexRotation(verification, interval_seconds=settings.reindex_interval_seconds).run)
     if settings.expiry_enabled:
         expiry = EnforcementExpiry(
             service, interval_seconds=settings.expiry_interval_seconds, batch_size=settings.expiry_batch_size

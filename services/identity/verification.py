@@ -984,6 +984,69 @@ class VerificationService:
         ).first()
         return bool(found and found[0])
 
+    async def reindex(self, *, limit: int = 200) -> int:
+        """Brings the blind indexes of one batch of flows made under an older index key to the
+        current key; returns how many flows it moved (0: nothing left under an old key).
+
+        Rotating the index key: append a new line to IDENTITY_BLIND_INDEX_KEY_FILE (it becomes
+        current) and restart; new flows index under it at once, identity claims are written under
+        every key in the file, and this job (IndexRotation, in every identity replica) decrypts each
+        older flow with its subject's data key, recomputes its indexes and adds its claims under the
+        current key. When it reports nothing left, the old line may be removed from the file; claims
+        under keys no longer in the file are then deleted by the next run. Erased flows hold no
+        data and are left alone. Rows are taken with SKIP LOCKED, so replicas share the work.
+        """
+        current = self._indexer.current_version
+        f, c = verification_flows.c, identity_claims.c
+        moved = 0
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(verification_flows)
+                    .where(f.index_version.is_not(None), f.index_version != current, f.id_number_ct.is_not(None))
+                    .order_by(f.flow_id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                key = self._open_key(await self._key_row(conn, row.flow_id))
+                if key is None:  # erased meanwhile: nothing to index
+                    continue
+                id_number = key.decrypt("id_number", bytes(row.id_number_ct))
+                mobile = key.decrypt("mobile", bytes(row.mobile_ct)) if row.mobile_ct is not None else None
+                await conn.execute(
+                    update(verification_flows)
+                    .where(f.flow_id == row.flow_id)
+                    .values(
+                        index_version=current,
+                        id_index=self._indexer.index(row.id_kind, row.tenant_id, id_number).digest,
+                        phone_index=self._indexer.index(IndexKind.MOBILE, row.tenant_id, mobile).digest
+                        if mobile is not None
+                        else None,
+                    )
+                )
+                claimed = (
+                    await conn.execute(select(c.user_id, c.create_time).where(c.flow_id == row.flow_id).limit(1))
+                ).first()
+                if claimed is not None:
+                    await conn.execute(
+                        pg_insert(identity_claims)
+                        .values(
+                            tenant_id=row.tenant_id,
+                            kind=row.id_kind,
+                            version=current,
+                            digest=self._indexer.index(row.id_kind, row.tenant_id, id_number).digest,
+                            user_id=claimed.user_id,
+                            flow_id=row.flow_id,
+                            create_time=claimed.create_time,
+                        )
+                        .on_conflict_do_nothing(constraint="identity_claims_pkey")
+                    )
+                moved += 1
+            await conn.execute(delete(identity_claims).where(c.version.not_in(self._indexer.versions)))
+        return moved
+
     async def complete(self, caller: Principal, flow_id: str, idempotency_key: str) -> Flow:
         check = FieldChecker()
         _identifier(check, idempotency_key, "idempotency_key", max_length=MAX_KEY)
@@ -1040,16 +1103,22 @@ class VerificationService:
                 )
                 try:
                     async with conn.begin_nested():
+                        # One claim under every index key in the file: while a rotation is under
+                        # way an identity claimed under the old key still collides with the new.
                         await conn.execute(
-                            identity_claims.insert().values(
-                                tenant_id=ref.tenant_id,
-                                kind=row.id_kind,
-                                version=row.index_version,
-                                digest=bytes(row.id_index),
-                                user_id=ref.user_id,
-                                flow_id=flow_id,
-                                create_time=now,
-                            )
+                            identity_claims.insert(),
+                            [
+                                {
+                                    "tenant_id": ref.tenant_id,
+                                    "kind": row.id_kind,
+                                    "version": index.version,
+                                    "digest": index.digest,
+                                    "user_id": ref.user_id,
+                                    "flow_id": flow_id,
+                                    "create_time": now,
+                                }
+                                for index in self._indexer.index_all(row.id_kind, ref.tenant_id, id_number)
+                            ],
                         )
                 except sqlalchemy.exc.IntegrityError as exc:
                     if "identity_claims_pkey" not in str(exc.orig):
