@@ -36,7 +36,7 @@ from services.identity.verifier_standin import DEFAULT_DATA, VerifierStandIn, lo
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
 from tests.integration.test_identity_sms_verifier import serving
-from tests.support import details, violated_fields
+from tests.support import ServerLog, details, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -645,13 +645,15 @@ class TestErasure:
 
 class TestPersonalDataProof:
     """The issue's "done when": no clear name, ID number or phone number in the database, the
-    service's logs, PostgreSQL's error report (a unique violation included), error messages or
-    the ledger, after flows with known values ran through every path."""
+    service's logs, PostgreSQL's own log (a unique violation included), error messages or the
+    ledger, after flows with known values ran through every path."""
 
     async def test_no_clear_personal_data_anywhere(
         self, env: Env, tenant: str, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
+        server_log = ServerLog(env.database.admin_url)
+        log_mark = server_log.size()
         await env.call(
             "UpdateEligibilityPolicy",
             V.UpdateEligibilityPolicyRequest(
@@ -727,3 +729,10 @@ class TestPersonalDataProof:
         assert "identity_claims_pkey" in report
         assert bytes(claim["digest"]).hex() in (diag.message_detail or "")
         assert_clean(report, "PostgreSQL's error report")
+        # (c) and PostgreSQL's log file itself, over the whole test: it holds the unique
+        # violations (the service's own and the one above, ERROR, DETAIL and STATEMENT), so this
+        # is the right file, and none of the clear values.
+        logged = server_log.since(log_mark)
+        assert "identity_claims_pkey" in logged
+        assert bytes(claim["digest"]).hex() in logged
+        assert_clean(logged, "PostgreSQL's log")
