@@ -828,17 +828,7 @@ class VerificationService:
         try:
             async with self._engine.begin() as conn:
                 await self._ensure_account(conn, ref)
-                await conn.execute(
-                    personal_data_keys.insert().values(
-                        record_id=flow_id,
-                        tenant_id=tenant,
-                        user_id=ref.user_id,
-                        kek_id=wrapped.kek_id,
-                        version=wrapped.version,
-                        wrapped=wrapped.wrapped,
-                        create_time=now,
-                    )
-                )
+                await _store_data_key(conn, flow_id, UserRef(tenant, ref.user_id), wrapped, now)
                 await conn.execute(
                     verification_flows.insert().values(
                         flow_id=flow_id,
@@ -1292,17 +1282,7 @@ class VerificationService:
                 basis=PIPL_31,
                 key=f"consent.record:{ref.tenant_id}:{request.idempotency_key}",
             )
-            await conn.execute(
-                personal_data_keys.insert().values(
-                    record_id=consent_id,
-                    tenant_id=ref.tenant_id,
-                    user_id=ref.user_id,
-                    kek_id=wrapped.kek_id,
-                    version=wrapped.version,
-                    wrapped=wrapped.wrapped,
-                    create_time=now,
-                )
-            )
+            await _store_data_key(conn, consent_id, ref, wrapped, now)
             await conn.execute(
                 consents.insert().values(
                     consent_id=consent_id,
@@ -1332,3 +1312,20 @@ class VerificationService:
             await ledger_append(conn, audit)
             consent_row = (await conn.execute(select(consents).where(consents.c.consent_id == consent_id))).one()
             return await self._flow(conn, request.flow_id), await self._consent_from_row(conn, consent_row)
+
+
+async def _store_data_key(
+    conn: AsyncConnection, record_id: str, ref: UserRef, wrapped: WrappedDataKey, now: datetime
+) -> None:
+    """Keeps a record's wrapped data key; destroying it (erasure) leaves the record's fields unreadable."""
+    await conn.execute(
+        personal_data_keys.insert().values(
+            record_id=record_id,
+            tenant_id=ref.tenant_id,
+            user_id=ref.user_id,
+            kek_id=wrapped.kek_id,
+            version=wrapped.version,
+            wrapped=wrapped.wrapped,
+            create_time=now,
+        )
+    )
