@@ -1,7 +1,7 @@
 """Composition root of the identity process: settings → engine → store →
 service → servicer; background jobs: the dispatcher of its outbox (incidents
 handed to reporting), the expiry of enforcement actions and the re-index after a
-blind-index key rotation."""
+blind-index key rotation, and housekeeping of finished codes and idle limits."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from avgate.kernel.reporting_handoff import incident_handoff
 from services.identity import wiring
 from services.identity.config import IdentitySettings
 from services.identity.expiry import EnforcementExpiry
+from services.identity.housekeeping import Housekeeping
 from services.identity.models import SCHEMA
 from services.identity.reindex import IndexRotation
 from services.identity.server import IdentityServicer, registrations
@@ -47,6 +48,7 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
     except (ValueError, OSError) as exc:
         sys.exit(f"identity: {exc}")
     limits = wiring.abuse_limits(settings, code_keys, clock=clock)
+    codes = wiring.one_time_codes(settings, code_keys, clock=clock)
     engine = create_engine_for(url)
     service = IdentityService(SqlIdentityStore(engine, limits), clock=clock)
     verification = VerificationService(
@@ -54,7 +56,7 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
         service,
         vault=vault,
         indexer=indexer,
-        codes=wiring.one_time_codes(settings, code_keys, clock=clock),
+        codes=codes,
         limits=limits,
         sms=sms,
         verifier=verifier,
@@ -62,6 +64,7 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
     )
     background = [handoff.run] if handoff is not None else []
     background.append(IndexRotation(verification, interval_seconds=settings.reindex_interval_seconds).run)
+    background.append(Housekeeping(engine, codes, limits, interval_seconds=settings.housekeeping_interval_seconds).run)
     if settings.expiry_enabled:
         expiry = EnforcementExpiry(
             service, interval_seconds=settings.expiry_interval_seconds, batch_size=settings.expiry_batch_size

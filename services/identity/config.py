@@ -29,6 +29,8 @@ class IdentitySettings(ReportingHandoffSettings):
     expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
     # How often the re-index job looks for blind indexes made under an older key (a rotation).
     reindex_interval_seconds: float = Field(default=60.0, gt=0)
+    # How often finished one-time codes and idle send-limit counters are deleted.
+    housekeeping_interval_seconds: float = Field(default=600.0, gt=0)
 
     # Personal data (services.identity.vault). Both files hold "<key id> <base64 32 bytes>" lines,
     # the last one current; keep old lines while anything made with them remains.

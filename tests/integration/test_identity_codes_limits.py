@@ -17,13 +17,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.kernel.db import create_engine_for
 from avgate.kernel.errors import InvalidArgument, ResourceExhausted
 from services.identity.codes import CodeOutcome, HashKeyRing, OneTimeCodes
+from services.identity.housekeeping import Housekeeping
 from services.identity.limits import AbuseLimits, LockoutPolicy, SendPolicy
+from services.identity.models import send_limits, verification_codes
 from tests.conftest import Database
 
 PHONE = "+8613812345678"
@@ -399,3 +401,32 @@ class TestLockouts:
         with pytest.raises(ResourceExhausted) as refused:
             await self.fail(engine, limits, user, address, times=6)
         assert address not in caplog.text and address not in str(refused.value)
+
+
+class TestHousekeeping:
+    async def test_finished_codes_and_idle_counters_are_deleted_on_schedule(
+        self, engine: AsyncEngine, codes: OneTimeCodes, limits: AbuseLimits, clock: Clock
+    ) -> None:
+        flow, index = str(uuid.uuid4()), phone_index()
+        async with engine.begin() as conn:
+            await codes.issue(conn, flow_id=flow, phone_index=index)
+            await limits.check_and_record_send(conn, phone_key=index, client_address=a_client_address())
+        housekeeping = Housekeeping(engine, codes, limits)
+
+        async def kept() -> tuple[int, int]:
+            async with engine.connect() as conn:
+                code_rows = await conn.execute(
+                    select(func.count()).select_from(verification_codes).where(verification_codes.c.flow_id == flow)
+                )
+                limit_rows = await conn.execute(
+                    select(func.count()).select_from(send_limits).where(send_limits.c.subject == index)
+                )
+                return int(code_rows.scalar_one()), int(limit_rows.scalar_one())
+
+        clock.advance(minutes=30)  # the code has expired, the counter is in its hourly window
+        await housekeeping.run_once()
+        assert await kept() == (1, 1)
+        clock.advance(days=1)  # a day past the code's expiry, hours past the last send
+        swept = await housekeeping.run_once()
+        assert await kept() == (0, 0)
+        assert swept.codes >= 1 and swept.send_limits >= 1
