@@ -285,3 +285,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     follow.add_argument("--max-items", type=int, default=0, help="stop after this many incidents")
     follow.add_argument("--exit-when-idle", action="store_true", help="stop at the first heartbeat (caught up)")
     follow.set_defaults(func=cmd_follow)
+
+    from avgate.cli import feed_export
+
+    feed_export.add_parsers(fsub)

@@ -4,6 +4,7 @@ every tree head and proves each new head consistent with the one before."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -140,3 +141,68 @@ def test_a_head_signed_by_another_key_stops_the_client(running: RunningStack, tm
     assert "does not verify" in done.stderr
     written = lines(out) if out.exists() else []
     assert [x for x in written if "tree_head" in x] == [], "an unverified head is never written"
+
+
+def feed_command(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, AVGATE_API_KEY=stack.description["development_api_keys"]["regulator"])
+    return subprocess.run(
+        [sys.executable, "-m", "avgate.cli.main", "feed", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def ledger_vkey(stack: RunningStack) -> str:
+    key = stack.description["development_api_keys"]["regulator"]
+    with grpc.insecure_channel(stack.gateway) as channel:
+        reply = reporting_pb2_grpc.AuditLedgerServiceStub(channel).ListSigningKeys(
+            reporting_pb2.ListSigningKeysRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
+        )
+    return str(reply.keys[0].verifier_key)
+
+
+def test_export_fetches_a_bundle_that_verifies_online_and_offline_and_catches_tampering(
+    running: RunningStack, tmp_path: pathlib.Path
+) -> None:
+    created = create_incidents(running, 2)
+    now = datetime.datetime.now(datetime.UTC)
+    window = [
+        "--since",
+        (now - datetime.timedelta(hours=1)).isoformat(),
+        "--until",
+        (now + datetime.timedelta(hours=1)).isoformat(),
+    ]
+    reporting_key = str(running.state_dir / "keys" / "reporting.pub")
+    bundle = tmp_path / "bundle"
+    done = feed_command(
+        running, "export", "--target", running.gateway, *window, "--out", str(bundle), "--reporting-key", reporting_key
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["manifest_signature"] == "verified" and result["checkpoint_signature"] == "verified"
+    assert result["export_ledger_entry"]["leaf_index"] < result["tree_size"]
+    exported = [json.loads(line)["incident_id"] for line in (bundle / "incidents.jsonl").read_text().splitlines()]
+    assert set(created) <= set(exported)
+
+    vkey = ledger_vkey(running)
+    offline = feed_command(running, "verify-export", str(bundle), "--reporting-key", reporting_key, "--vkey", vkey)
+    assert offline.returncode == 0, offline.stderr
+
+    forged_key = feed_command(
+        running,
+        "verify-export",
+        str(bundle),
+        "--reporting-key",
+        str(running.state_dir / "keys" / "gateway.pub"),
+        "--vkey",
+        vkey,
+    )
+    assert forged_key.returncode == 1 and "signature" in forged_key.stderr
+
+    lines = (bundle / "incidents.jsonl").read_text().splitlines()
+    (bundle / "incidents.jsonl").write_text("\n".join([lines[0].replace("NAVIS", "NAVlS"), *lines[1:]]) + "\n")
+    tampered = feed_command(running, "verify-export", str(bundle), "--reporting-key", reporting_key, "--vkey", vkey)
+    assert tampered.returncode == 1 and "incidents.jsonl" in tampered.stderr
