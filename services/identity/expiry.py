@@ -28,7 +28,10 @@ class EnforcementExpiry:
         self._batch = batch_size
 
     async def run_once(self) -> int:
-        """Expires everything due now, batch by batch; returns how many actions this run expired."""
+        """Applies actions that have started, then expires everything due now, batch by batch;
+        returns how many actions this run expired."""
+        while await self._service.start_due(self._batch) >= self._batch:
+            pass
         total = 0
         while True:
             expired = await self._service.expire_due(self._batch)

@@ -120,6 +120,25 @@ def expiry_audit(action: EnforcementAction) -> LedgerEntry:
     )
 
 
+def status_audit(user: UserRef, before: AccountStatus, after: AccountStatus, now: datetime) -> LedgerEntry:
+    """An account's status changed because an action issued earlier reached its start time."""
+    return LedgerEntry(
+        action="account.status",
+        subject_type="account",
+        subject_id=f"{user.tenant_id}/{user.user_id}",
+        actor=Principal(
+            role=Role.SERVICE,
+            subject="identity",
+            origin=Principal(role=Role.PROVIDER, subject=EXPIRY_ACTOR, tenant_id=user.tenant_id),
+        ),
+        legal_basis=ART_14,
+        reason="an enforcement action reached its start time",
+        tenant_id=user.tenant_id,
+        data={"user_id": user.user_id, "from": before.value, "to": after.value},
+        occurred_at=now,
+    )
+
+
 class IdentityService:
     def __init__(self, store: IdentityStore, clock: Callable[[], datetime] = _now):
         self._store = store
@@ -441,6 +460,12 @@ class IdentityService:
     async def expire_due(self, limit: int = 100) -> builtins.list[EnforcementAction]:
         """One batch of the expiry job: actions past their until_time become EXPIRED."""
         return await self._store.expire_due(self._clock(), limit, expiry_audit, expiry_origin)
+
+    async def start_due(self, limit: int = 100) -> int:
+        """One batch of the job's other half: actions issued for later that have now started
+        set their accounts' stored status (the gate honours them from their start either way)."""
+        now = self._clock()
+        return await self._store.start_due(now, limit, lambda u, b, a: status_audit(u, b, a, now))
 
     # ----------------------------------------------------------------------- the policy
 

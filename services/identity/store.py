@@ -104,6 +104,12 @@ class IdentityStore(Protocol):
         self, tenant_id: str, decide: Callable[[EligibilityPolicy], tuple[EligibilityPolicy, LedgerEntry]]
     ) -> EligibilityPolicy: ...
 
+    async def start_due(
+        self, now: datetime, limit: int, audit_for: Callable[[UserRef, AccountStatus, AccountStatus], LedgerEntry]
+    ) -> int:
+        """Brings the stored status of up to `limit` accounts whose actions have started up to date."""
+        ...
+
     async def expire_due(
         self,
         now: datetime,
@@ -477,6 +483,42 @@ class SqlIdentityStore:
                 raise
             raise PolicyChangedConcurrently(tenant_id) from exc
         return new
+
+    async def start_due(
+        self, now: datetime, limit: int, audit_for: Callable[[UserRef, AccountStatus, AccountStatus], LedgerEntry]
+    ) -> int:
+        """Applies actions whose start time has come to their accounts' stored status: accounts whose
+        status was last worked out before an active action started. Returns how many accounts it
+        looked at (each gets a ledger entry when its status changes)."""
+        c, a = enforcement_actions.c, accounts.c
+        started = (
+            select(c.tenant_id, c.user_id)
+            .where(_ACTIVE, c.start_time <= now, c.tenant_id == a.tenant_id, c.user_id == a.user_id)
+            .where(c.start_time > a.update_time)
+            .exists()
+        )
+        async with self._engine.begin() as conn:
+            users = (
+                await conn.execute(
+                    select(a.tenant_id, a.user_id)
+                    .where(started)
+                    .order_by(a.tenant_id, a.user_id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for tenant_id, user_id in users:
+                user = UserRef(tenant_id, user_id)
+                before = await self._account(conn, user)
+                assert before is not None
+                after = await self._refresh_status(conn, user, now)
+                # Worked out now, whether or not it changed (a warning changes nothing): not again.
+                await conn.execute(
+                    update(accounts).where(a.tenant_id == tenant_id, a.user_id == user_id).values(update_time=now)
+                )
+                if after.status is not before.status:
+                    await ledger_append(conn, audit_for(user, before.status, after.status))
+        return len(users)
 
     async def expire_due(
         self,

@@ -693,3 +693,46 @@ class TestEligibilityPolicy:
             )
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert field in violated_fields(refused.value)
+
+
+class TestActionsIssuedForLater:
+    async def test_the_stored_status_follows_when_an_action_starts_with_its_ledger_entry(
+        self, identity: Identity, tenant: str
+    ) -> None:
+        await verified(identity, tenant)
+        issued = await identity.call(
+            "IssueEnforcementAction",
+            issue_request(
+                tenant,
+                type=identity_pb2.ENFORCEMENT_ACTION_TYPE_SUSPENSION_OF_UPDATING,
+                start_time=ts(START + timedelta(hours=2)),
+                until_time=ts(START + timedelta(days=3)),
+            ),
+            provider(tenant),
+        )
+        assert issued.action.state == identity_pb2.ENFORCEMENT_ACTION_STATE_ACTIVE
+
+        async def stored_status() -> str:
+            (row,) = await identity.sql(
+                "select status from identity.accounts where tenant_id = %s and user_id = 'u-1'", tenant
+            )
+            return str(row["status"])
+
+        assert await stored_status() == "active"  # not yet started
+        engine = create_engine_for(identity.database.url_for("identity"), pool_size=2)
+        try:
+            early = EnforcementExpiry(
+                IdentityService(SqlIdentityStore(engine), clock=Clock(START + timedelta(hours=1)))
+            )
+            await early.run_once()
+            assert await stored_status() == "active"
+            later = EnforcementExpiry(
+                IdentityService(SqlIdentityStore(engine), clock=Clock(START + timedelta(hours=3)))
+            )
+            await later.run_once()
+            assert await stored_status() == "suspended"
+            await later.run_once()  # worked out once: no second entry
+        finally:
+            await engine.dispose()
+        changes = [e for e in await ledger_entries(identity, f"{tenant}/u-1") if e["action"] == "account.status"]
+        assert [(e["data"]["from"], e["data"]["to"]) for e in changes] == [("active", "suspended")]
