@@ -98,7 +98,9 @@ def _enum(wrapper: Any, prefix: str, name: str, option: str) -> Any:
         raise SystemExit(f"{option}: unknown value {name!r}; one of {known}") from None
 
 
-def _request(args: argparse.Namespace, cursor: str) -> Any:
+def incident_filter(args: argparse.Namespace) -> Any:
+    """The IncidentFilter the command-line filters name (--category, --department, --region, --tenant,
+    --since, --until), for `follow` and `export` alike."""
     from avgate.common.v1 import common_pb2
     from avgate.reporting.v1 import reporting_pb2
 
@@ -113,9 +115,15 @@ def _request(args: argparse.Namespace, cursor: str) -> Any:
     since, until = _timestamp(args.since, "--since"), _timestamp(args.until, "--until")
     if since is not None or until is not None:
         incidents.create_time_range.CopyFrom(common_pb2.TimeRange(start_time=since, end_time=until))
+    return incidents
+
+
+def _request(args: argparse.Namespace, cursor: str) -> Any:
+    from avgate.reporting.v1 import reporting_pb2
+
     request = reporting_pb2.FollowRequest(
         cursor=cursor,
-        filter=reporting_pb2.FeedFilter(incidents=incidents, exclude_tree_heads=args.no_tree_heads),
+        filter=reporting_pb2.FeedFilter(incidents=incident_filter(args), exclude_tree_heads=args.no_tree_heads),
     )
     request.heartbeat_interval.FromSeconds(args.heartbeat)
     return request

@@ -140,23 +140,12 @@ async def _verifiers(ledger: Any, metadata: Any, pinned: list[str]) -> list[Note
 
 
 def _request(args: argparse.Namespace) -> Any:
-    from avgate.cli.feed import _enum, _timestamp
-    from avgate.common.v1 import common_pb2
+    from avgate.cli.feed import incident_filter
     from avgate.reporting.v1 import reporting_pb2
 
-    incidents = reporting_pb2.IncidentFilter(
-        categories=[
-            _enum(reporting_pb2.IncidentCategory, "INCIDENT_CATEGORY_", c, "--category") for c in args.category
-        ],
-        departments=[_enum(common_pb2.Department, "DEPARTMENT_", d, "--department") for d in args.department],
-        region_codes=args.region,
-        tenant_ids=args.tenant,
-        create_time_range=common_pb2.TimeRange(
-            start_time=_timestamp(args.since, "--since"), end_time=_timestamp(args.until, "--until")
-        ),
-    )
     return reporting_pb2.CreateExportRequest(
-        request_id=args.request_id or f"cli-{uuid.uuid4().hex}", filter=reporting_pb2.FeedFilter(incidents=incidents)
+        request_id=args.request_id or f"cli-{uuid.uuid4().hex}",
+        filter=reporting_pb2.FeedFilter(incidents=incident_filter(args)),
     )
 
 

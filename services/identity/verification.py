@@ -1035,6 +1035,21 @@ class VerificationService:
                     )
                 moved += 1
             await conn.execute(delete(identity_claims).where(c.version.not_in(self._indexer.versions)))
+            if moved:
+                await ledger_append(
+                    conn,
+                    LedgerEntry(
+                        action="identity.reindex",
+                        subject_type="blind_index_key",
+                        subject_id=current,
+                        actor=Principal(role=Role.SERVICE, subject="identity"),
+                        legal_basis="PIPL Art. 51",
+                        reason="blind indexes moved to the current index key",
+                        tenant_id="",
+                        data={"flows": moved},
+                        occurred_at=self._clock(),
+                    ),
+                )
         return moved
 
     async def complete(self, caller: Principal, flow_id: str, idempotency_key: str) -> Flow:

@@ -188,6 +188,11 @@ async def test_a_bundle_past_its_expiry_is_deleted_and_expired(feed: Feed, tenan
                 break
             await asyncio.sleep(0.2)
     assert not directory.exists()
+    # The builder's state changes are on the record too, the manifest's hash with the first.
+    (ready,) = [e for e in feed.ledger_actions("feed.export.ready") if e["subject"]["id"] == export.export_id]
+    manifest = next(f for f in export.files if f.kind == reporting_pb2.EXPORT_FILE_KIND_MANIFEST)
+    assert ready["data"]["manifest_sha256"] == manifest.sha256
+    assert [e["subject"]["id"] for e in feed.ledger_actions("feed.export.expired")].count(export.export_id) == 1
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await download(feed, OPERATOR, export.export_id, reporting_pb2.EXPORT_FILE_KIND_JSONL)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

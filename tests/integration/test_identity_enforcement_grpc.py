@@ -19,7 +19,6 @@ import psycopg
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from psycopg.rows import dict_row
 
 from avgate.common.v1 import common_pb2
@@ -36,6 +35,7 @@ from services.identity.expiry import EnforcementExpiry
 from services.identity.service import IdentityService
 from services.identity.store import SqlIdentityStore
 from tests.conftest import Database
+from tests.support import details, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -165,23 +165,6 @@ async def check(identity: Identity, tenant: str, function: int = PUBLISH, user_i
 
 def codes(answer: Any) -> set[int]:
     return {r.code for r in answer.reasons}
-
-
-def details(error: grpc.aio.AioRpcError, message_type: type) -> list[Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found = []
-    for detail in status.details:
-        if detail.Is(message_type.DESCRIPTOR):
-            msg = message_type()
-            detail.Unpack(msg)
-            found.append(msg)
-    return found
-
-
-def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
-    (bad,) = details(error, error_details_pb2.BadRequest)
-    return {v.field for v in bad.field_violations}
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:

@@ -119,6 +119,11 @@ async def test_an_identity_stays_claimed_across_a_key_rotation_once_reindexed(
             assert await rotation.run_once() == 0  # nothing left under the old key
             flows = await env.sql("select index_version from identity.verification_flows where tenant_id = %s", tenant)
             assert {f["index_version"] for f in flows} == {"new"}
+            moves = await env.sql(
+                "select convert_from(payload, 'UTF8')::jsonb as doc from ledger.queue "
+                "where convert_from(payload, 'UTF8')::jsonb ->> 'action' = 'identity.reindex'"
+            )
+            assert moves and all(m["doc"]["subject"]["id"] == "new" for m in moves)
 
     # Retire the old key.
     index_keys.write_text(new_key + "\n")

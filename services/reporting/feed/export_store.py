@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -84,9 +85,9 @@ class SqlExportStore:
             )
         return _from_row(row) if row is not None else None
 
-    async def finish(self, export: Export) -> None:
+    async def finish(self, export: Export, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(
+            finished = await conn.execute(
                 update(exports)
                 .where(exports.c.export_id == export.export_id, exports.c.state == "pending")
                 .values(
@@ -105,13 +106,16 @@ class SqlExportStore:
                     expire_time=export.expire_time,
                     lease_until=None,
                 )
+                .returning(exports.c.export_id)
             )
+            if finished.first() is not None:  # not when another builder finished it first
+                await ledger_append(conn, audit)
 
     async def release(self, export_id: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(exports).where(exports.c.export_id == export_id).values(lease_until=None))
 
-    async def expire_due(self, now: datetime) -> list[str]:
+    async def expire_due(self, now: datetime, audit_for: Callable[[str], LedgerEntry]) -> list[str]:
         async with self._engine.begin() as conn:
             rows = await conn.execute(
                 update(exports)
@@ -119,7 +123,10 @@ class SqlExportStore:
                 .values(state="expired")
                 .returning(exports.c.export_id)
             )
-            return [r[0] for r in rows]
+            expired = [r[0] for r in rows]
+            for export_id in expired:
+                await ledger_append(conn, audit_for(export_id))
+            return expired
 
     async def record(self, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:

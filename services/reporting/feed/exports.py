@@ -152,16 +152,16 @@ class ExportStore(Protocol):
         """One pending export whose lease is free, leased to the caller."""
         ...
 
-    async def finish(self, export: Export) -> None:
-        """Stores a built (ready or failed) export and ends its lease."""
+    async def finish(self, export: Export, audit: LedgerEntry) -> None:
+        """Stores a built (ready or failed) export with its ledger entry and ends its lease."""
         ...
 
     async def release(self, export_id: str) -> None:
         """Ends a lease without a result (the build waits for the ledger)."""
         ...
 
-    async def expire_due(self, now: datetime) -> list[str]:
-        """Marks ready exports past their expiry as expired; their ids."""
+    async def expire_due(self, now: datetime, audit_for: Callable[[str], LedgerEntry]) -> list[str]:
+        """Marks ready exports past their expiry as expired, each with its ledger entry; their ids."""
         ...
 
     async def record(self, audit: LedgerEntry) -> None: ...
@@ -326,7 +326,8 @@ class ExportBuilder:
 
     async def step(self) -> bool:
         """Expires due bundles and builds one pending export if it can; whether one became ready or failed."""
-        for export_id in await self._store.expire_due(self._clock()):
+        now = self._clock()
+        for export_id in await self._store.expire_due(now, lambda export_id: _builder_entry("expired", export_id, now)):
             await asyncio.to_thread(shutil.rmtree, self._directory / export_id, True)
         export = await self._store.lease_pending(self._lease)
         if export is None:
@@ -341,7 +342,14 @@ class ExportBuilder:
         except Exception as exc:
             log.exception("export builder: export %s failed", export.export_id)
             built = replace(export, state="failed", error=f"{type(exc).__name__}: {exc}", complete_time=self._clock())
-        await self._store.finish(built)
+        data: dict[str, object] = {"item_count": built.item_count}
+        if built.state == "ready":
+            manifest = built.file("manifest")
+            assert manifest is not None
+            data |= {"manifest_sha256": manifest.sha256, "tree_size": built.tree_size}
+        else:
+            data["error"] = built.error.partition(":")[0]  # the kind of failure only: messages stay in the log
+        await self._store.finish(built, _builder_entry(built.state, built.export_id, self._clock(), data))
         return True
 
     async def _build(self, export: Export, leaf: int, head: Head) -> Export:
@@ -410,6 +418,23 @@ class ExportBuilder:
                 if len(page) < 500:
                     return count
                 after = (page[-1].create_time, page[-1].incident_id)
+
+
+_BUILDER = Principal(role=Role.SERVICE, subject="reporting")
+
+
+def _builder_entry(state: str, export_id: str, when: datetime, data: dict[str, object] | None = None) -> LedgerEntry:
+    """The ledger entry of an export's state change made by the builder (ready, failed, expired)."""
+    return LedgerEntry(
+        action=f"feed.export.{state}",
+        subject_type="export",
+        subject_id=export_id,
+        actor=_BUILDER,
+        legal_basis=ACCESS_BASIS,
+        tenant_id="",
+        data=data or {},
+        occurred_at=when,
+    )
 
 
 def _describe(kind: str, directory: pathlib.Path) -> ExportFile:

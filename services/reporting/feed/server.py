@@ -15,14 +15,8 @@ from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.feed.exports import Export, ExportService
 from services.reporting.feed.service import FeedItem, FeedRequest, FeedService, Heartbeat
 from services.reporting.ledger.server import AuditLedgerServicer
-from services.reporting.server import (
-    _CATEGORY,
-    _DEPARTMENT,
-    _SOURCE,
-    _STATUS,
-    _number_of,
-    incident_filter_from_proto,
-)
+from services.reporting.server import incident_filter_from_proto
+from services.reporting.wire import _CATEGORY, _DEPARTMENT, _SOURCE, _STATUS, _number_of
 
 _KINDS = {
     "incident_created": reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED,
