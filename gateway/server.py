@@ -49,7 +49,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             role=convert.role_from_proto(request.role),
             tenant_id=request.tenant_id,
             regulator_scope=convert.scope_from_proto(request.regulator_scope, request.HasField("regulator_scope")),
-            ttl=convert.duration_from_proto(request.ttl, request.HasField("ttl")),
+            ttl=convert.duration_from_proto(request.ttl, request.HasField("ttl"), "ttl"),
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 
@@ -79,7 +79,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         rotated = await self._keys.rotate(
             current_principal(),
             key_id=request.key_id,
-            grace=convert.duration_from_proto(request.grace_period, request.HasField("grace_period")),
+            grace=convert.duration_from_proto(request.grace_period, request.HasField("grace_period"), "grace_period"),
         )
         return gateway_pb2.RotateApiKeyResponse(
             api_key=api_key_to_proto(rotated.key),

@@ -9,7 +9,6 @@ reported as not found, so tenants learn nothing of each other.
 from __future__ import annotations
 
 import builtins
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,15 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.principal import Principal, RegulatorScope, Role
-from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
+from avgate.kernel.principal import DEPARTMENTS, REGION_CODE, TENANT_ID, Principal, RegulatorScope, Role
+from avgate.ledger.entry import LedgerEntry
 from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
 from gateway.store import ApiKeyStore
 
-# Checked with fullmatch: `$` alone also accepts a trailing newline, and `\d` accepts any Unicode digit.
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
-REGION_CODE = re.compile(r"[0-9]{6}")
-DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_security")
 MAX_TTL = timedelta(days=730)
 DEFAULT_GRACE = timedelta(hours=24)
 MAX_GRACE = timedelta(days=30)

@@ -161,3 +161,16 @@ def drop_database(admin_url: str, name: str) -> None:
             conn.execute(text(f'drop database if exists "{name}" with (force)'))
     finally:
         engine.dispose()
+
+
+def violated_constraint(exc: BaseException) -> str | None:
+    """The name of the constraint a database error violated, as PostgreSQL reports it.
+
+    Read from the driver's diagnostics (`exc.orig.diag.constraint_name` for
+    SQLAlchemy's IntegrityError, `exc.diag` for psycopg's own), never by
+    matching message text, which changes with the server's language.
+    """
+    orig = getattr(exc, "orig", exc)
+    diag = getattr(orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    return name if isinstance(name, str) and name else None

@@ -37,6 +37,7 @@ from typing import Any
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from avgate.kernel.canonical import canonical_json
 from avgate.kernel.outbox import (
     ClaimedEvent,
     InvalidDeliverySignature,
@@ -45,7 +46,6 @@ from avgate.kernel.outbox import (
     RetryableDeliveryError,
     verify_delivery,
 )
-from avgate.ledger.entry import canonical_json
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 

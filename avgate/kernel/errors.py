@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from avgate.kernel.personal_data import contains_personal_data
+
+PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
+"""The description of the personal-data rule, the same for every field that has it."""
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -58,6 +63,26 @@ class FieldChecker:
     def require(self, ok: bool, field_path: str, description: str, reason: str = "") -> None:
         if not ok:
             self.add(field_path, description, reason)
+
+    def text(self, value: str, field_path: str, *, max_length: int, required: bool = True) -> None:
+        """Free text: 1..max_length characters (or empty when not required), no personal data in clear.
+
+        Free text reaches ledger entries and the authorities' reports, so an ID
+        or mobile number must be referenced or masked before it is sent.
+        """
+        if required and not value.strip():
+            self.add(field_path, f"must be 1 to {max_length} characters")
+        elif len(value) > max_length:
+            self.add(field_path, f"must be at most {max_length} characters")
+        elif contains_personal_data(value):
+            self.add(field_path, PERSONAL_DATA)
+
+    def identifier(self, value: str, field_path: str, *, max_length: int = 256) -> None:
+        """A caller's id: 1..max_length printable characters, never personal data in clear."""
+        if not value or len(value) > max_length or not value.isprintable():
+            self.add(field_path, f"must be 1 to {max_length} printable characters")
+        elif contains_personal_data(value):
+            self.add(field_path, PERSONAL_DATA)
 
     def raise_if_any(self) -> None:
         if self.violations:

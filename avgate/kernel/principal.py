@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import ipaddress
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -29,6 +30,17 @@ from avgate.kernel.keys import SigningKey
 TOKEN_METADATA_KEY = "x-avgate-principal"  # noqa: S105 - a metadata key name
 GATEWAY_ISSUER = "gateway"
 _CLOCK_SKEW_SECONDS = 5
+
+
+# Who a principal can be, spelled once for the gateway, every service and the command line.
+# Checked with fullmatch: `$` alone also accepts a trailing newline, and `\d` accepts any Unicode digit.
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+"""A provider tenant's id: 2-63 of a-z, 0-9 and '-', starting with a letter or digit."""
+REGION_CODE = re.compile(r"[0-9]{6}")
+"""A GB/T 2260 administrative division code (six digits; 000000 is national)."""
+NATIONAL = "000000"
+DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_security")
+"""The regulator departments (avgate.common.v1.Department, lower case, without prefix)."""
 
 
 class Role(enum.Enum):

@@ -12,14 +12,12 @@ the personal-data vault.
 from __future__ import annotations
 
 import enum
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 ADULT_AGE = 18
 GUARDIAN_CONSENT_AGE = 14  # PIPL Art. 31
 MINUTES_PER_DAY = 24 * 60

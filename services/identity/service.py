@@ -33,12 +33,12 @@ from avgate.kernel.errors import (
     PermissionDenied,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
+from avgate.kernel.principal import TENANT_ID, Principal, Role
+from avgate.ledger.entry import LedgerEntry
 from services.identity.domain import (
     MINUTES_PER_DAY,
     POLICY_FIELDS,
-    TENANT_ID,
     Account,
     AccountFunction,
     AccountStatus,

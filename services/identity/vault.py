@@ -76,7 +76,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from avgate.kernel.keyring import KEY_SIZE, KeyFile, check_key_id, parse_key_file
-from avgate.ledger.entry import contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
 
 FIELD_FORMAT = 1
 NONCE_SIZE = 12

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from avgate.kernel.principal import DEPARTMENTS
 from avgate.kernel.settings import ProcessSettings
-from services.reporting.domain import DEPARTMENTS
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from avgate.kernel.principal import RegulatorScope
-from avgate.ledger.entry import LedgerEntry, canonical_json
+from avgate.kernel.canonical import canonical_json
+from avgate.kernel.principal import DEPARTMENTS, NATIONAL, RegulatorScope
+from avgate.ledger.entry import LedgerEntry
 
-NATIONAL = "000000"
-# Checked with fullmatch: `$` alone also accepts a trailing newline, and `\d` accepts any Unicode digit.
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
-REGION_CODE = re.compile(r"[0-9]{6}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_security")
 # Fixed namespace so an incident's outbox event ids are the same on every retry.
 _EVENT_NAMESPACE = uuid.UUID("6f0c8a52-1d0e-4f43-9a57-3e0b7c1d2a90")
 

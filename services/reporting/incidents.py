@@ -38,15 +38,12 @@ from avgate.kernel.errors import (
     NotFound,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
+from avgate.kernel.principal import DEPARTMENTS, NATIONAL, REGION_CODE, TENANT_ID, Principal, Role
+from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import page_entry, read_entry
 from services.reporting.domain import (
-    DEPARTMENTS,
-    NATIONAL,
-    REGION_CODE,
     SHA256_HEX,
-    TENANT_ID,
     Acknowledgement,
     AuthorityReport,
     ExternalIdTaken,

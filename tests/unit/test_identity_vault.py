@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from avgate.kernel.keyring import new_key_line, parse_key_file
-from avgate.ledger.entry import contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
 from services.identity.config import IdentitySettings
 from services.identity.vault import (
     CROSS_TENANT,

@@ -11,8 +11,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from avgate.kernel.canonical import canonical_json
 from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import MAX_ENTRY_BYTES, LedgerEntry, PersonalDataInEntry, canonical_bytes, canonical_json
+from avgate.ledger.entry import MAX_ENTRY_BYTES, LedgerEntry, PersonalDataInEntry, canonical_bytes
 
 PROVIDER = Principal(role=Role.PROVIDER, subject="ak1", tenant_id="acme", request_id="req-1")
 SCREENING = Principal(role=Role.SERVICE, subject="screening", origin=PROVIDER)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from avgate.ledger.entry import canonical_json
+from avgate.kernel.canonical import canonical_json
 from services.reporting.domain import EvidenceRef, IncidentQuery, Route
 
 LEGAL_BASIS = "NAVIS-2019 Art. 10"

@@ -37,8 +37,9 @@ from avgate.kernel.errors import (
     NotFound,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
+from avgate.kernel.principal import TENANT_ID, Principal, Role
+from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import page_entry, read_entry
 from services.reporting.assessments.domain import (
     LEGAL_BASIS,
@@ -60,7 +61,6 @@ from services.reporting.assessments.domain import (
 from services.reporting.assessments.store import AssessmentStore
 from services.reporting.domain import (
     SHA256_HEX,
-    TENANT_ID,
     IncidentCategory,
     IncidentFilter,
     IncidentInput,

@@ -25,11 +25,11 @@ from dataclasses import replace
 
 from avgate.kernel.errors import FailedPrecondition, FieldChecker, FieldViolation, InvalidArgument, NotFound
 from avgate.kernel.paging import Cursor, check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
+from avgate.kernel.principal import DEPARTMENTS, Principal, Role
+from avgate.ledger.entry import LedgerEntry
 from services.reporting.deliveries.domain import AdapterKind, Delivery, DeliveryFilter, DeliveryQuery, DeliveryState
 from services.reporting.deliveries.store import DeliveryStore
-from services.reporting.domain import DEPARTMENTS
 
 MAX_REPLAY = 100
 MAX_REASON = 500

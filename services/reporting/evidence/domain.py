@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from avgate.kernel.canonical import canonical_json
 from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, canonical_json
+from avgate.ledger.entry import LedgerEntry
 from services.reporting.domain import Route, in_scope
 from services.reporting.evidence.crypto import SealedKey
 

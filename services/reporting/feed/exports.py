@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from avgate.kernel.canonical import canonical_json
 from avgate.kernel.errors import (
     FailedPrecondition,
     FieldChecker,
@@ -48,7 +49,7 @@ from avgate.kernel.errors import (
 )
 from avgate.kernel.keys import SigningKey
 from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, canonical_json
+from avgate.ledger.entry import LedgerEntry
 from services.reporting.domain import IncidentCategory, IncidentFilter, IncidentSource, IncidentStatus, report_bytes
 from services.reporting.feed.service import ACCESS_BASIS, FeedRequest
 from services.reporting.incidents import check_filter, scoped_query

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from avgate.ledger.entry import canonical_json
+from avgate.kernel.canonical import canonical_json
 
 LEGAL_BASIS = "NAVIS-2019 Art. 13"
 MAX_CLAIM = 5000

@@ -47,10 +47,10 @@ from avgate.kernel.errors import (
     PermissionDenied,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.principal import Principal, Role
-from avgate.ledger.entry import LedgerEntry, contains_personal_data
+from avgate.kernel.personal_data import contains_personal_data
+from avgate.kernel.principal import TENANT_ID, Principal, Role
+from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import page_entry, read_entry
-from services.reporting.domain import TENANT_ID
 from services.reporting.rumors.domain import (
     DEFAULT_MAX_RESULTS,
     LEGAL_BASIS,
