@@ -2,7 +2,7 @@
 
 The key comes as `authorization: Bearer <key>` (or `x-api-key`). The
 principal also carries a request id (the caller's `x-request-id` when well
-formed, otherwise a new one, echoed back in the response headers) and the
+formed and free of personal data, otherwise a new one, echoed back in the response headers) and the
 end user's client address: what a provider reports in
 `x-avgate-end-user-address`, or the peer address for public callers.
 """
@@ -17,9 +17,15 @@ import grpc
 
 from avgate.kernel.errors import FieldViolation, InvalidArgument
 from avgate.kernel.grpc.auth import OPEN_METHOD_PREFIXES, metadata_value
-from avgate.kernel.grpc.errors import REQUEST_ID
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
-from avgate.kernel.principal import Principal, Role, bind_principal, normalise_client_address, unbind_principal
+from avgate.kernel.principal import (
+    Principal,
+    Role,
+    accepted_request_id,
+    bind_principal,
+    normalise_client_address,
+    unbind_principal,
+)
 from gateway.service import ApiKeyService
 
 END_USER_ADDRESS_KEY = "x-avgate-end-user-address"
@@ -53,8 +59,7 @@ class ApiKeyInterceptor(ScopedInterceptor):
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         metadata = context.invocation_metadata()
         key = await self._keys.authenticate(presented_secret(metadata))
-        offered_id = metadata_value(metadata, "x-request-id")
-        request_id = offered_id if offered_id and REQUEST_ID.fullmatch(offered_id) else uuid.uuid4().hex
+        request_id = accepted_request_id(metadata_value(metadata, "x-request-id")) or uuid.uuid4().hex
         client_address = None
         if key.role is Role.PROVIDER:
             reported = metadata_value(metadata, END_USER_ADDRESS_KEY)

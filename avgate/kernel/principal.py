@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from avgate.kernel.errors import InvalidPrincipalToken, PermissionDenied
 from avgate.kernel.keys import SigningKey
+from avgate.kernel.personal_data import contains_personal_data
 
 TOKEN_METADATA_KEY = "x-avgate-principal"  # noqa: S105 - a metadata key name
 GATEWAY_ISSUER = "gateway"
@@ -41,6 +42,20 @@ REGION_CODE = re.compile(r"[0-9]{6}")
 NATIONAL = "000000"
 DEPARTMENTS = ("cyberspace", "culture_tourism", "radio_television", "public_security")
 """The regulator departments (avgate.common.v1.Department, lower case, without prefix)."""
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""What a caller's `x-request-id` may look like to be kept."""
+
+
+def accepted_request_id(offered: str | None) -> str | None:
+    """The caller's request id when it may be kept; None when a new one must replace it.
+
+    A kept id is recorded in every ledger entry the call writes, so one that
+    looks like personal data (a mobile number, say) is replaced, never written.
+    """
+    if offered and REQUEST_ID.fullmatch(offered) and not contains_personal_data(offered):
+        return offered
+    return None
 
 
 class Role(enum.Enum):

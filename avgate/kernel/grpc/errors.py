@@ -10,7 +10,6 @@ with the trace id; the stack trace goes to the log, never to the caller.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,10 +23,9 @@ from avgate.kernel import errors
 from avgate.kernel.grpc.auth import metadata_value
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import _current as _current_principal
+from avgate.kernel.principal import accepted_request_id
 
 log = logging.getLogger(__name__)
-
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 ERROR_DOMAIN = "avgate"
 
@@ -120,8 +118,7 @@ class ErrorMappingInterceptor(ScopedInterceptor):
         except grpc.aio.AbortError:
             raise
         except errors.DomainError as exc:
-            offered = metadata_value(context.invocation_metadata(), "x-request-id")
-            request_id = offered if offered and REQUEST_ID.fullmatch(offered) else None
+            request_id = accepted_request_id(metadata_value(context.invocation_metadata(), "x-request-id"))
             await abort_with(context, status_for(exc, request_id))
         except NotImplementedError:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")

@@ -1,7 +1,7 @@
 """The gRPC server bootstrap every process uses.
 
 grpc.aio server with message-size limits and back-pressure, the shared
-interceptors (observability → error mapping → principal), grpc.health.v1,
+interceptors (observability → error mapping → principal → request rules), grpc.health.v1,
 reflection, a Prometheus endpoint, and a graceful drain on SIGTERM/SIGINT:
 health turns NOT_SERVING first and, for AVGATE_DRAIN_DELAY_SECONDS, the
 server keeps answering so load balancers see it; then new calls are refused
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from avgate.kernel.grpc.errors import ErrorMappingInterceptor
 from avgate.kernel.grpc.observability import ObservabilityInterceptor
+from avgate.kernel.grpc.validation import RequestValidationInterceptor
 from avgate.kernel.metrics import GrpcMetrics, MetricsEndpoint
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class GrpcProcess:
         ]
         if self.auth_interceptor is not None:
             interceptors.append(self.auth_interceptor)
+        # Innermost: only an authenticated call learns the request rules.
+        interceptors.append(RequestValidationInterceptor())
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[

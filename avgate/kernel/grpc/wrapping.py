@@ -15,13 +15,13 @@ from typing import Any
 import grpc
 
 
-async def _resolve_unary(result: Any) -> Any:
+async def resolve_unary(result: Any) -> Any:
     if inspect.isawaitable(result):
         return await result
     return result
 
 
-async def _iterate(result: Any) -> AsyncIterator[Any]:
+async def iterate_result(result: Any) -> AsyncIterator[Any]:
     if inspect.isawaitable(result):
         result = await result
     if result is None:
@@ -65,7 +65,7 @@ def wrap_handler(
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with scope(method, context):
-                return await _resolve_unary(inner_uu(request, context))
+                return await resolve_unary(inner_uu(request, context))
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
@@ -75,7 +75,7 @@ def wrap_handler(
 
         async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             async with scope(method, context):
-                return await _resolve_unary(inner_su(request_iterator, context))
+                return await resolve_unary(inner_su(request_iterator, context))
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, handler.request_deserializer, handler.response_serializer
@@ -85,7 +85,7 @@ def wrap_handler(
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with scope(method, context):
-                async for item in _iterate(inner_us(request, context)):
+                async for item in iterate_result(inner_us(request, context)):
                     yield item
 
         return grpc.unary_stream_rpc_method_handler(
@@ -95,7 +95,7 @@ def wrap_handler(
 
     async def stream_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with scope(method, context):
-            async for item in _iterate(inner_ss(request_iterator, context)):
+            async for item in iterate_result(inner_ss(request_iterator, context)):
                 yield item
 
     return grpc.stream_stream_rpc_method_handler(
