@@ -53,11 +53,12 @@ test-db: install ## Run only the database-backed tests (CI runs them again on Po
 	$(BIN)/python -m pytest -m "db and not bench" $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## ruff, mypy, import contracts, buf lint, helm lint
+lint: install ## ruff, mypy, import contracts (no cycles), code shape (no private imports, no oversized modules), buf lint, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_code_shape.py
 	cd protos && ../$(TOOLS)/buf lint
 	$(TOOLS)/helm lint --strict helm/avgate
 
