@@ -47,10 +47,12 @@ from avgate.kernel.db import (
     role_url,
 )
 from avgate.kernel.keys import generate_key_pair
+from avgate.kernel.legal import navis
 from avgate.kernel.principal import Principal, Role
-from services.reporting.domain import IncidentCategory, IncidentInput, IncidentSource, LegalBasis
-from services.reporting.incidents import IncidentService
-from services.reporting.store import FeedWriter, SqlIncidentStore
+from services.reporting.feed.writer import FeedWriter
+from services.reporting.incidents.domain import IncidentCategory, IncidentInput, IncidentSource
+from services.reporting.incidents.service import IncidentService
+from services.reporting.incidents.store import SqlIncidentStore
 
 TENANT = "bench-tenant"
 BATCH = 100
@@ -102,7 +104,7 @@ async def _queue_reports(reporting_url: str, count: int, round_id: str) -> float
                         category=IncidentCategory.RUMOR,
                         source=IncidentSource.SCREENING,
                         facts="A refuted claim was spread in a live stream; transmission stopped.",
-                        legal_basis=(LegalBasis("NAVIS-2019", "13"),),
+                        legal_basis=(navis("13"),),
                         region_code="110105",
                     )
                     for n in range(start, min(count, start + BATCH))

@@ -3,7 +3,7 @@
     python -m avgate.bench.dispatcher_process
 
 Builds the dispatcher exactly as the reporting process does
-(`services.reporting.__main__.authority_dispatcher`, settings from the
+(`services.reporting.wiring.authority_dispatcher`, settings from the
 REPORTING_* environment), prints "ready", starts delivering when a line
 arrives on standard input, and stops at SIGTERM or when standard input
 closes, finishing what it holds.
@@ -18,8 +18,8 @@ import threading
 
 from prometheus_client import CollectorRegistry
 
-from services.reporting.__main__ import authority_dispatcher
 from services.reporting.config import ReportingSettings
+from services.reporting.wiring import authority_dispatcher
 
 
 async def main() -> None:

@@ -78,10 +78,16 @@ def new_key_line(kid: str) -> str:
 
 
 def create_key_file(path: pathlib.Path, kid: str, comment: str) -> bool:
-    """Creates `path` (0600) holding one fresh key unless it exists; whether this call made it.
+    """Creates `path` (0600) holding one fresh key unless it exists; whether this call made it."""
+    return create_private_file(path, f"# {comment}\n{new_key_line(kid)}\n")
 
-    Safe when several processes of a local stack start together: the file is
-    created exclusively, so exactly one of them writes it.
+
+def create_private_file(path: pathlib.Path, text: str) -> bool:
+    """Creates `path` (0600) holding `text` unless it exists; whether this call made it.
+
+    For key material of any format (also a signer's key that is no key file of
+    this module's). Safe when several processes of a local stack start
+    together: the file is created exclusively, so exactly one of them writes it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -89,6 +95,5 @@ def create_key_file(path: pathlib.Path, kid: str, comment: str) -> bool:
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"# {comment}\n")
-        fh.write(new_key_line(kid) + "\n")
+        fh.write(text)
     return True

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from avgate.kernel.legal import ART_17
 from avgate.kernel.principal import Principal
 from avgate.ledger.entry import LedgerEntry
 
-SUPERVISION = "NAVIS-2019 Art. 17"
+SUPERVISION = ART_17
 
 
 def read_entry(caller: Principal, record: str, record_id: str, tenant_id: str) -> LedgerEntry:

@@ -49,7 +49,7 @@ class ReportingSettings(ProcessSettings):
     # The signer key in signed-note "PRIVATE+KEY+..." form (a file holding it).
     ledger_signing_key_file: pathlib.Path | None = None
     # Routing overrides by category name, as JSON: REPORTING_ROUTING_RULES='{"rumor": ["cyberspace"]}'.
-    # Categories not named keep their defaults (services.reporting.domain.DEFAULT_ROUTING).
+    # Categories not named keep their defaults (services.reporting.incidents.domain.DEFAULT_ROUTING).
     routing_rules: dict[str, list[str]] = {}
     # Where each department's reports go, as JSON by department:
     #   {"cyberspace": {"type": "http", "url": "https://...", "bearer_token_file": "/run/secrets/t", "timeout": 10,

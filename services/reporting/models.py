@@ -30,7 +30,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from avgate.kernel.outbox import outbox_table
 
-metadata = MetaData(schema="reporting")
+SCHEMA = "reporting"
+"""The schema every reporting table (and its outbox) lives in: named here once."""
+
+metadata = MetaData(schema=SCHEMA)
 
 incidents = Table(
     "incidents",

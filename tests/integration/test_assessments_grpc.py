@@ -31,9 +31,10 @@ from services.reporting.assessments.domain import AssessedTrait, AssessmentConcl
 from services.reporting.assessments.service import AssessmentService
 from services.reporting.assessments.store import SqlAssessmentStore
 from services.reporting.config import ReportingSettings
-from services.reporting.incidents import IncidentService
-from services.reporting.server import incident_payload
-from services.reporting.store import FeedWriter, InMemoryIncidentStore, SqlIncidentStore
+from services.reporting.feed.writer import FeedWriter
+from services.reporting.incidents.service import IncidentService
+from services.reporting.incidents.store import InMemoryIncidentStore, SqlIncidentStore
+from services.reporting.incidents.wire import incident_payload
 from tests.conftest import Database
 from tests.support import admin_sql, details, violated_fields
 

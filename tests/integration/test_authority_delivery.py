@@ -29,9 +29,10 @@ from avgate.kernel.keys import SigningKey, load_private_key, load_trusted_keys
 from avgate.kernel.outbox import Dispatcher
 from avgate.kernel.principal import TokenSigner
 from avgate.reporting.v1 import reporting_pb2_grpc
-from services.reporting.__main__ import authority_dispatcher, compose
+from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
-from services.reporting.domain import outbox_event_id
+from services.reporting.incidents.domain import outbox_event_id
+from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
 from tests.integration.test_incidents_grpc import Reporting, create, incident_input
 

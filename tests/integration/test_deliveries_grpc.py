@@ -28,9 +28,10 @@ from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.outbox import AttemptOutcome, Dispatcher
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from services.reporting.__main__ import authority_dispatcher, compose
+from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
-from services.reporting.domain import outbox_event_id
+from services.reporting.incidents.domain import outbox_event_id
+from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
 from tests.integration.authority_server import AuthorityServer
 from tests.integration.test_incidents_grpc import Reporting, incident_input, provider, regulator

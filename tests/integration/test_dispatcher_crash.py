@@ -30,16 +30,17 @@ from sqlalchemy import text
 from avgate.kernel.db import create_engine_for, sync_engine
 from avgate.kernel.deliveries import verify_document
 from avgate.kernel.keys import load_trusted_keys
-from services.reporting.domain import (
+from avgate.kernel.legal import LegalBasis
+from services.reporting.feed.writer import FeedWriter
+from services.reporting.incidents.domain import (
     IncidentCategory,
     IncidentInput,
     IncidentSource,
     IncidentStatus,
-    LegalBasis,
     outbox_event_id,
 )
-from services.reporting.incidents import IncidentService
-from services.reporting.store import FeedWriter, SqlIncidentStore
+from services.reporting.incidents.service import IncidentService
+from services.reporting.incidents.store import SqlIncidentStore
 from tests.conftest import REPO, Database
 from tests.integration.authority_server import AuthorityServer
 from tests.integration.test_incidents_grpc import provider

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.kernel.db import create_engine_for, sync_engine
 from avgate.kernel.errors import FailedPrecondition
+from avgate.kernel.legal import LegalBasis
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
-from services.reporting.domain import IncidentCategory, IncidentInput, IncidentSource, LegalBasis
 from services.reporting.evidence.crypto import SealedKey
 from services.reporting.evidence.domain import (
     Attachment,
@@ -33,9 +33,11 @@ from services.reporting.evidence.domain import (
     new_hold_id,
 )
 from services.reporting.evidence.store import SqlEvidenceStore
-from services.reporting.incidents import IncidentService
-from services.reporting.server import incident_payload
-from services.reporting.store import FeedWriter, SqlIncidentStore
+from services.reporting.feed.writer import FeedWriter
+from services.reporting.incidents.domain import IncidentCategory, IncidentInput, IncidentSource
+from services.reporting.incidents.service import IncidentService
+from services.reporting.incidents.store import SqlIncidentStore
+from services.reporting.incidents.wire import incident_payload
 from tests.conftest import Database
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

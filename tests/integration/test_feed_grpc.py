@@ -29,10 +29,10 @@ from avgate.ledger.checkpoint import NoteSigner, NoteVerifier, open_checkpoint
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
-from services.reporting.domain import IncidentFilter, IncidentStatus
 from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
-from services.reporting.incident_status import set_incident_status
+from services.reporting.incidents.domain import IncidentFilter, IncidentStatus
+from services.reporting.incidents.store import set_incident_status
 from tests.conftest import Database
 from tests.integration.test_incidents_grpc import incident_input, provider, regulator
 from tests.support import admin_sql, details, ledger_entries

@@ -16,14 +16,16 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.kernel.db import create_engine_for
+from avgate.kernel.legal import LegalBasis
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
-from services.reporting.domain import (
+from services.reporting.domain import EvidenceRef, Route
+from services.reporting.feed.writer import FeedWriter
+from services.reporting.incidents.domain import (
     Acknowledgement,
     ActionTaken,
     AuthorityReport,
     ContentRef,
-    EvidenceRef,
     ExternalIdTaken,
     Incident,
     IncidentCategory,
@@ -31,16 +33,14 @@ from services.reporting.domain import (
     IncidentQuery,
     IncidentSource,
     IncidentStatus,
-    LegalBasis,
     NewIncident,
     RelatedRecord,
-    Route,
     UserRef,
     content_hash,
     new_incident_id,
 )
-from services.reporting.server import incident_payload
-from services.reporting.store import FeedWriter, IncidentStore, InMemoryIncidentStore, SqlIncidentStore
+from services.reporting.incidents.store import IncidentStore, InMemoryIncidentStore, SqlIncidentStore
+from services.reporting.incidents.wire import incident_payload
 from tests.conftest import Database
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

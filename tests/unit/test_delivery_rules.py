@@ -10,7 +10,7 @@ from google.rpc import code_pb2
 
 from services.reporting.deliveries.domain import Attempt, AttemptResult, incident_status_after
 from services.reporting.deliveries.server import attempt_result
-from services.reporting.domain import IncidentStatus
+from services.reporting.incidents.domain import IncidentStatus
 
 R, D, F, A = (
     IncidentStatus.RECORDED,

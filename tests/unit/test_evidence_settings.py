@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from avgate.kernel.settings import ProductionProfileError
-from services.reporting.__main__ import evidence_keys
 from services.reporting.config import ReportingSettings
 from services.reporting.evidence.crypto import KeyRing
+from services.reporting.wiring import evidence_keys
 
 
 @pytest.fixture(autouse=True)
@@ -69,12 +69,12 @@ class TestKeyEncryptionKeyFile:
         assert KeyRing.parse(path.read_text()).current_id == ring.current_id
         assert evidence_keys(settings).current_id == ring.current_id  # generated once, then reused
 
-    def test_a_named_kek_file_that_is_missing_stops_the_process(self, tmp_path: pathlib.Path) -> None:
+    def test_a_named_kek_file_that_is_missing_is_refused_by_name(self, tmp_path: pathlib.Path) -> None:
         settings = ReportingSettings(
             state_dir=tmp_path,  # type: ignore[call-arg]
             generate_keys=False,  # type: ignore[call-arg]
             evidence_kek_file=tmp_path / "mounted" / "evidence.kek",
         )
-        with pytest.raises(SystemExit, match="REPORTING_EVIDENCE_KEK_FILE"):
+        with pytest.raises(ValueError, match="REPORTING_EVIDENCE_KEK_FILE"):
             evidence_keys(settings)
         assert not (tmp_path / "mounted").exists()

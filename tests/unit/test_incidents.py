@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from avgate.kernel.errors import IdempotencyConflict, InvalidArgument, NotFound, PermissionDenied
+from avgate.kernel.legal import LegalBasis
 from avgate.kernel.principal import Principal, RegulatorScope, Role
-from services.reporting.domain import (
+from services.reporting.incidents.domain import (
     ContentRef,
     IncidentCategory,
     IncidentFilter,
@@ -19,12 +20,11 @@ from services.reporting.domain import (
     IncidentQuery,
     IncidentSource,
     IncidentStatus,
-    LegalBasis,
     RoutingRules,
     UserRef,
 )
-from services.reporting.incidents import IncidentService
-from services.reporting.store import InMemoryIncidentStore
+from services.reporting.incidents.service import IncidentService
+from services.reporting.incidents.store import InMemoryIncidentStore
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 PROVIDER_A = Principal(role=Role.PROVIDER, subject="key-a", tenant_id="tenant-a")

@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from avgate.kernel.canonical import canonical_json
-from services.reporting.domain import EvidenceRef, IncidentQuery, Route
+from avgate.kernel.legal import ART_10
+from services.reporting.domain import EvidenceRef, Route
+from services.reporting.incidents.domain import IncidentQuery
 
-LEGAL_BASIS = "NAVIS-2019 Art. 10"
+LEGAL_BASIS = ART_10
 MAX_FEATURE = 200
 MAX_FEATURE_DESCRIPTION = 5000
 MAX_ASSESSOR = 200

@@ -6,6 +6,7 @@ import grpc
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
+from avgate.kernel.convert import ProtoEnum, time_from_proto
 from avgate.kernel.principal import current_principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.assessments.domain import (
@@ -16,10 +17,9 @@ from services.reporting.assessments.domain import (
 )
 from services.reporting.assessments.service import AssessmentService
 from services.reporting.domain import EvidenceRef
-from services.reporting.server import _domain_enum, _number_of, _time_from
 
-_TRAIT = (reporting_pb2.AssessedTrait, "ASSESSED_TRAIT_")
-_CONCLUSION = (reporting_pb2.AssessmentConclusion, "ASSESSMENT_CONCLUSION_")
+TRAIT = ProtoEnum(reporting_pb2.AssessedTrait, "ASSESSED_TRAIT_", AssessedTrait)
+CONCLUSION = ProtoEnum(reporting_pb2.AssessmentConclusion, "ASSESSMENT_CONCLUSION_", AssessmentConclusion)
 
 
 def assessment_input_from_proto(message: reporting_pb2.SecurityAssessment) -> AssessmentInput:
@@ -31,14 +31,14 @@ def assessment_input_from_proto(message: reporting_pb2.SecurityAssessment) -> As
         tenant_id=message.tenant_id,
         feature=message.feature,
         feature_description=message.feature_description,
-        traits=tuple(_domain_enum(AssessedTrait, *_TRAIT, t) for t in message.traits),
-        assessment_time=_time_from(message, "assessment_time"),
+        traits=tuple(TRAIT.to_domain(t) for t in message.traits),
+        assessment_time=time_from_proto(message, "assessment_time", "assessment.assessment_time"),
         assessor=message.assessor,
-        conclusion=_domain_enum(AssessmentConclusion, *_CONCLUSION, message.conclusion),
+        conclusion=CONCLUSION.to_domain(message.conclusion),
         conclusion_text=message.conclusion_text,
         document_sha256=message.document_sha256,
         document=document,
-        launch_time=_time_from(message, "launch_time"),
+        launch_time=time_from_proto(message, "launch_time", "assessment.launch_time"),
     )
 
 
@@ -48,10 +48,10 @@ def assessment_to_proto(assessment: SecurityAssessment) -> reporting_pb2.Securit
         tenant_id=assessment.tenant_id,
         feature=assessment.feature,
         feature_description=assessment.feature_description,
-        traits=[_number_of(*_TRAIT, t.value) for t in assessment.traits],  # type: ignore[misc]
+        traits=[TRAIT.to_proto(t) for t in assessment.traits],
         assessment_time=convert.timestamp(assessment.assessment_time),
         assessor=assessment.assessor,
-        conclusion=_number_of(*_CONCLUSION, assessment.conclusion.value),  # type: ignore[arg-type]
+        conclusion=CONCLUSION.to_proto(assessment.conclusion),
         conclusion_text=assessment.conclusion_text,
         document_sha256=assessment.document_sha256,
         launch_time=convert.timestamp(assessment.launch_time),
@@ -92,8 +92,12 @@ class AssessmentServicer(reporting_pb2_grpc.AssessmentServiceServicer):
         assessments, next_token = await self._assessments.list(
             current_principal(),
             tenant_ids=tuple(request.tenant_ids),
-            assessed_from=_time_from(time_range, "start_time") if ranged else None,
-            assessed_before=_time_from(time_range, "end_time") if ranged else None,
+            assessed_from=time_from_proto(time_range, "start_time", "assessment_time_range.start_time")
+            if ranged
+            else None,
+            assessed_before=time_from_proto(time_range, "end_time", "assessment_time_range.end_time")
+            if ranged
+            else None,
             page_size=request.page.page_size,
             page_token=request.page.page_token,
         )

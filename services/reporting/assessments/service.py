@@ -36,8 +36,8 @@ from avgate.kernel.errors import (
     InvalidArgument,
     NotFound,
 )
+from avgate.kernel.legal import navis
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.personal_data import contains_personal_data
 from avgate.kernel.principal import TENANT_ID, Principal, Role
 from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import page_entry, read_entry
@@ -59,36 +59,23 @@ from services.reporting.assessments.domain import (
     request_hash,
 )
 from services.reporting.assessments.store import AssessmentStore
-from services.reporting.domain import (
-    SHA256_HEX,
+from services.reporting.domain import SHA256_HEX, in_scope
+from services.reporting.incidents.domain import (
     IncidentCategory,
     IncidentFilter,
     IncidentInput,
     IncidentSource,
-    LegalBasis,
     NewIncident,
     RelatedRecord,
-    in_scope,
 )
-from services.reporting.incidents import MAX_FACTS, IncidentService
+from services.reporting.incidents.service import MAX_FACTS, IncidentService
 
 CLOCK_SKEW = timedelta(seconds=60)
 """How far in the future an assessment time may lie: the caller's clock may run ahead of ours."""
-PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _text(check: FieldChecker, value: str, path: str, *, required: bool, max_length: int) -> None:
-    """Length and no personal data in clear (these texts reach the authorities' reports)."""
-    if required and not value.strip():
-        check.add(path, f"must be 1 to {max_length} characters")
-    elif len(value) > max_length:
-        check.add(path, f"must be at most {max_length} characters")
-    elif contains_personal_data(value):
-        check.add(path, PERSONAL_DATA)
 
 
 class AssessmentService:
@@ -125,19 +112,15 @@ class AssessmentService:
 
     def _validate(self, caller: Principal, request_id: str, item: AssessmentInput) -> tuple[str, AssessmentInput]:
         check = FieldChecker()
-        if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
-            check.add("request_id", f"must be 1 to {MAX_REQUEST_ID} printable characters")
-        elif contains_personal_data(request_id):
-            check.add("request_id", PERSONAL_DATA)
+        check.identifier(request_id, "request_id", max_length=MAX_REQUEST_ID)
         if caller.effective.role is Role.PROVIDER:
             tenant = caller.require_tenant()
             check.require(item.tenant_id in ("", tenant), "assessment.tenant_id", "must be the caller's own tenant")
         else:
             tenant = item.tenant_id
             check.require(bool(TENANT_ID.fullmatch(tenant)), "assessment.tenant_id", "required: 2-63 of a-z, 0-9, '-'")
-        _text(check, item.feature, "assessment.feature", required=True, max_length=MAX_FEATURE)
-        _text(
-            check,
+        check.text(item.feature, "assessment.feature", required=True, max_length=MAX_FEATURE)
+        check.text(
             item.feature_description,
             "assessment.feature_description",
             required=False,
@@ -152,9 +135,9 @@ class AssessmentService:
             check.add("assessment.assessment_time", "must be set")
         elif item.assessment_time > now + CLOCK_SKEW:
             check.add("assessment.assessment_time", "must not be in the future")
-        _text(check, item.assessor, "assessment.assessor", required=True, max_length=MAX_ASSESSOR)
+        check.text(item.assessor, "assessment.assessor", required=True, max_length=MAX_ASSESSOR)
         check.require(item.conclusion is not None, "assessment.conclusion", "must be set")
-        _text(check, item.conclusion_text, "assessment.conclusion_text", required=False, max_length=MAX_CONCLUSION_TEXT)
+        check.text(item.conclusion_text, "assessment.conclusion_text", required=False, max_length=MAX_CONCLUSION_TEXT)
         if item.conclusion is AssessmentConclusion.PASSED_WITH_CONDITIONS and not item.conclusion_text.strip():
             check.add("assessment.conclusion_text", "must state the conditions of a conditional pass")
         check.require(
@@ -208,7 +191,7 @@ class AssessmentService:
                 tenant_id=tenant,
                 source=IncidentSource.OPERATOR if operator else IncidentSource.PROVIDER,
                 category=IncidentCategory.SECURITY_ASSESSMENT,
-                legal_basis=(LegalBasis("NAVIS-2019", "10"),),
+                legal_basis=(navis("10"),),
                 facts=incident_facts(draft, MAX_FACTS),
                 detect_time=item.assessment_time,
                 evidence=(item.document,) if item.document is not None else (),

@@ -2,7 +2,7 @@
 
 Recording writes, in one transaction, the assessment and its ledger entry
 and the incident that reports it with the incident's ledger entry and its
-outbox reports (services.reporting.store.SqlIncidentStore.write_new). Reads join the
+outbox reports (services.reporting.incidents.store.SqlIncidentStore.write_new). Reads join the
 incident: its routes decide which regulators see the assessment.
 """
 
@@ -17,6 +17,7 @@ import sqlalchemy.exc
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from avgate.kernel.db import violated_constraint
 from avgate.kernel.paging import Cursor
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry
@@ -27,9 +28,10 @@ from services.reporting.assessments.domain import (
     RequestIdTaken,
     SecurityAssessment,
 )
-from services.reporting.domain import EvidenceRef, NewIncident, Route
+from services.reporting.domain import EvidenceRef, Route
+from services.reporting.incidents.domain import NewIncident
+from services.reporting.incidents.store import incident_conditions
 from services.reporting.models import incidents, security_assessments
-from services.reporting.store import incident_conditions
 
 
 class AssessmentStore(Protocol):
@@ -80,7 +82,7 @@ class SqlAssessmentStore:
         except sqlalchemy.exc.IntegrityError as exc:
             # Assessment and incident ids are random, and the incident's external id derives from the
             # assessment id: only (tenant, request id) can collide.
-            if "security_assessments_tenant_request_id_key" not in str(exc.orig):
+            if violated_constraint(exc) != "security_assessments_tenant_request_id_key":
                 raise
             raise RequestIdTaken(assessment.tenant_id, assessment.request_id) from exc
 

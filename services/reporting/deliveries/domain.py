@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.reporting.domain import IncidentStatus
+from services.reporting.incidents.domain import IncidentStatus
 
 MAX_ATTEMPTS_SHOWN = 20
 

@@ -8,16 +8,22 @@ from google.rpc import code_pb2, status_pb2
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
-from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.convert import ProtoEnum, time_from_proto
 from avgate.kernel.principal import current_principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from services.reporting.deliveries.domain import Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState
+from services.reporting.deliveries.domain import (
+    AdapterKind,
+    Attempt,
+    AttemptResult,
+    Delivery,
+    DeliveryFilter,
+    DeliveryState,
+)
 from services.reporting.deliveries.service import DeliveryService
-from services.reporting.server import _name_from, _number_of, _time_from
 
-_DEPARTMENT = (common_pb2.Department, "DEPARTMENT_")
-_STATE = (reporting_pb2.DeliveryState, "DELIVERY_STATE_")
-_ADAPTER = (reporting_pb2.AdapterKind, "ADAPTER_KIND_")
+DEPARTMENT = ProtoEnum(common_pb2.Department, "DEPARTMENT_", str)
+STATE = ProtoEnum(reporting_pb2.DeliveryState, "DELIVERY_STATE_", DeliveryState)
+ADAPTER = ProtoEnum(reporting_pb2.AdapterKind, "ADAPTER_KIND_", AdapterKind)
 
 
 # google.rpc.Code's own HTTP mapping (google/rpc/code.proto), for an attempt the endpoint answered.
@@ -65,15 +71,15 @@ def delivery_to_proto(delivery: Delivery) -> reporting_pb2.Delivery:
         tenant_id=delivery.tenant_id,
         endpoint=reporting_pb2.AuthorityEndpoint(
             endpoint_id=endpoint.endpoint_id,
-            department=_number_of(*_DEPARTMENT, endpoint.department),  # type: ignore[arg-type]
+            department=DEPARTMENT.to_proto(endpoint.department),
             region_code=endpoint.region_code,
-            adapter=_number_of(*_ADAPTER, endpoint.adapter.value if endpoint.adapter else None),  # type: ignore[arg-type]
+            adapter=ADAPTER.to_proto(endpoint.adapter),
         ),
         subject_id=delivery.subject_id,
         subject_kind=delivery.subject_kind,
         idempotency_key=delivery.idempotency_key,
         payload_sha256=delivery.payload_sha256,
-        state=_number_of(*_STATE, delivery.state.value),  # type: ignore[arg-type]
+        state=STATE.to_proto(delivery.state),
         attempt_count=delivery.attempt_count,
         next_attempt_time=convert.timestamp(delivery.next_attempt_time),
         attempts=[
@@ -102,21 +108,14 @@ def delivery_to_proto(delivery: Delivery) -> reporting_pb2.Delivery:
 
 
 def filter_from_proto(request: reporting_pb2.ListDeliveriesRequest) -> DeliveryFilter:
-    states = []
-    for i, number in enumerate(request.states):
-        if number == 0:
-            continue
-        name = _name_from(*_STATE, number)
-        if name is None:
-            raise InvalidArgument(FieldViolation(f"states[{i}]", "not a known value"))
-        states.append(DeliveryState(name))
     ranged = request.HasField("create_time_range")
+    time_range = request.create_time_range
     return DeliveryFilter(
-        states=tuple(states),
+        states=STATE.to_domain_list(request.states, "states"),
         incident_id=request.incident_id,
         endpoint_id=request.endpoint_id,
-        created_from=_time_from(request.create_time_range, "start_time") if ranged else None,
-        created_before=_time_from(request.create_time_range, "end_time") if ranged else None,
+        created_from=time_from_proto(time_range, "start_time", "create_time_range.start_time") if ranged else None,
+        created_before=time_from_proto(time_range, "end_time", "create_time_range.end_time") if ranged else None,
     )
 
 

@@ -1,7 +1,8 @@
 """Where deliveries are read and changed: a small interface and its SQL
 implementation, plus the writes that ride in other transactions.
 
-- `add_subjects`: in the incident's transaction, one row per report queued.
+- `add_subjects` (services.reporting.deliveries.subjects): in the incident's
+  transaction, one row per report queued.
 - `record_outcomes`: the kernel dispatcher's `on_recorded` hook, in the
   transaction that records outcomes: the attempt history, then the status
   of every incident concerned (`settle_incidents`).
@@ -21,7 +22,6 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
@@ -46,25 +46,12 @@ from services.reporting.deliveries.domain import (
     ReplayOutcome,
     incident_status_after,
 )
-from services.reporting.domain import IncidentStatus
-from services.reporting.incident_status import set_incident_status
-from services.reporting.models import delivery_attempts, delivery_subjects, outbox
+from services.reporting.incidents.domain import IncidentStatus
+from services.reporting.incidents.store import set_incident_status
+from services.reporting.models import SCHEMA, delivery_attempts, delivery_subjects, outbox
 
-SCHEMA = "reporting"
 DISPATCHER = Principal(role=Role.SERVICE, subject="reporting/dispatcher")
 """Who the ledger names for what delivering changes."""
-
-
-@dataclass(frozen=True)
-class Subject:
-    """What one queued report is about; written with its outbox event."""
-
-    event_id: uuid.UUID
-    tenant_id: str
-    subject_id: str
-    department: str
-    region_code: str
-    subject_kind: str = "incident"
 
 
 class DeliveryStore(Protocol):
@@ -88,25 +75,6 @@ class DeliveryStore(Protocol):
 
 
 # --------------------------------------------------------------------------- writes in other transactions
-
-
-async def add_subjects(conn: AsyncConnection, subjects: Sequence[Subject]) -> None:
-    """In the incident's transaction, beside the outbox events."""
-    if subjects:
-        await conn.execute(
-            delivery_subjects.insert(),
-            [
-                {
-                    "event_id": s.event_id,
-                    "tenant_id": s.tenant_id,
-                    "subject_kind": s.subject_kind,
-                    "subject_id": s.subject_id,
-                    "department": s.department,
-                    "region_code": s.region_code,
-                }
-                for s in subjects
-            ],
-        )
 
 
 _INSERT_ATTEMPTS = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
-from datetime import UTC, datetime
 
 import grpc
 
@@ -14,8 +13,6 @@ from avgate.kernel.principal import current_principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.evidence.domain import EvidenceHold, EvidenceView, UploadMetadata
 from services.reporting.evidence.service import EvidenceService, UploadPart
-
-EVIDENCE = "avgate.reporting.v1.EvidenceService"
 
 
 def metadata_from_proto(message: reporting_pb2.EvidenceUploadMetadata) -> UploadMetadata:
@@ -70,12 +67,6 @@ def evidence_to_proto(seen: EvidenceView) -> reporting_pb2.Evidence:
     )
 
 
-def _time_from(message: reporting_pb2.HoldEvidenceRequest, field: str) -> datetime | None:
-    if not message.HasField(field):
-        return None
-    return getattr(message, field).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
-
-
 class EvidenceServicer(reporting_pb2_grpc.EvidenceServiceServicer):
     def __init__(self, evidence: EvidenceService):
         self._evidence = evidence
@@ -109,7 +100,7 @@ class EvidenceServicer(reporting_pb2_grpc.EvidenceServiceServicer):
             request.evidence_id,
             request_id=request.request_id,
             reason=request.reason,
-            until_time=_time_from(request, "until_time"),
+            until_time=convert.time_from_proto(request, "until_time"),
         )
         return reporting_pb2.HoldEvidenceResponse(evidence=evidence_to_proto(seen), hold=hold_to_proto(hold))
 

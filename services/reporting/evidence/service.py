@@ -52,10 +52,11 @@ from avgate.kernel.errors import (
     NotFound,
     PermissionDenied,
 )
+from avgate.kernel.legal import ART_12_14
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import SUPERVISION
-from services.reporting.domain import SHA256_HEX, Incident
+from services.reporting.domain import SHA256_HEX
 from services.reporting.evidence.blobs import BlobNotFound, BlobStore
 from services.reporting.evidence.crypto import (
     HEADER,
@@ -89,8 +90,8 @@ from services.reporting.evidence.domain import (
     view,
 )
 from services.reporting.evidence.store import EvidenceStore
-from services.reporting.incidents import _identifier, _text
-from services.reporting.store import IncidentStore
+from services.reporting.incidents.domain import Incident
+from services.reporting.incidents.store import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ DEFAULT_MAX_BYTES = 20 * 1024**3
 MAX_REASON = 500
 MAX_FILE_NAME = 255
 MAX_DESCRIPTION = 2000
-LEGAL_BASIS = "NAVIS-2019 Art. 12-14"
+LEGAL_BASIS = ART_12_14
 READ_BASIS = SUPERVISION
 MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 
@@ -305,7 +306,7 @@ class EvidenceService:
 
     def _validate(self, metadata: UploadMetadata) -> UploadMetadata:
         check = FieldChecker()
-        _identifier(check, metadata.request_id, "metadata.request_id", max_length=128)
+        check.identifier(metadata.request_id, "metadata.request_id", max_length=128)
         check.require(bool(metadata.incident_id), "metadata.incident_id", "must be set")
         media_type = metadata.media_type.lower()
         check.require(
@@ -319,10 +320,10 @@ class EvidenceService:
         check.require(
             bool(SHA256_HEX.fullmatch(metadata.sha256)), "metadata.sha256", "must be 64 lower-case hex digits"
         )
-        _text(check, metadata.file_name, "metadata.file_name", required=False, max_length=MAX_FILE_NAME)
+        check.text(metadata.file_name, "metadata.file_name", required=False, max_length=MAX_FILE_NAME)
         if metadata.file_name and not metadata.file_name.isprintable():
             check.add("metadata.file_name", "must be printable characters")
-        _text(check, metadata.description, "metadata.description", required=False, max_length=MAX_DESCRIPTION)
+        check.text(metadata.description, "metadata.description", required=False, max_length=MAX_DESCRIPTION)
         check.raise_if_any()
         return UploadMetadata(
             request_id=metadata.request_id,
@@ -448,8 +449,8 @@ class EvidenceService:
         now = self._clock()
         check = FieldChecker()
         check.require(bool(evidence_id), "evidence_id", "must be set")
-        _identifier(check, request_id, "request_id", max_length=128)
-        _text(check, reason, "reason", required=True, max_length=MAX_REASON)
+        check.identifier(request_id, "request_id", max_length=128)
+        check.text(reason, "reason", required=True, max_length=MAX_REASON)
         check.require(until_time is None or until_time > now, "until_time", "must be in the future")
         check.raise_if_any()
         placer = caller.effective
@@ -512,7 +513,7 @@ class EvidenceService:
         check = FieldChecker()
         check.require(bool(evidence_id), "evidence_id", "must be set")
         check.require(bool(hold_id), "hold_id", "must be set")
-        _text(check, reason, "reason", required=True, max_length=MAX_REASON)
+        check.text(reason, "reason", required=True, max_length=MAX_REASON)
         check.raise_if_any()
         now = self._clock()
         lifter = caller.effective
@@ -556,7 +557,7 @@ class EvidenceService:
         caller.require_role(Role.OPERATOR)
         check = FieldChecker()
         check.require(bool(evidence_id), "evidence_id", "must be set")
-        _text(check, reason, "reason", required=True, max_length=MAX_REASON)
+        check.text(reason, "reason", required=True, max_length=MAX_REASON)
         check.raise_if_any()
         now = self._clock()
 

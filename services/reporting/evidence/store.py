@@ -18,6 +18,7 @@ import sqlalchemy.exc
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from avgate.kernel.db import violated_constraint
 from avgate.kernel.principal import Role
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry
@@ -120,10 +121,10 @@ class SqlEvidenceStore:
                 await self._on_incident_changed(conn, attachment.incident_id)
                 stored = await self._load(conn, attachment.evidence_id)
         except sqlalchemy.exc.IntegrityError as exc:
-            problem = str(exc.orig)
-            if "evidence_live_tenant_sha256" in problem:
+            problem = violated_constraint(exc)
+            if problem == "evidence_live_tenant_sha256":
                 raise StalePlan("the same bytes were stored meanwhile") from exc
-            if "evidence_attachments_pkey" in problem:
+            if problem == "evidence_attachments_pkey":
                 raise RequestIdTaken(attachment.tenant_id, attachment.request_id) from exc
             raise
         assert stored is not None

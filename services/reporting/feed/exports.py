@@ -50,11 +50,17 @@ from avgate.kernel.errors import (
 from avgate.kernel.keys import SigningKey
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
-from services.reporting.domain import IncidentCategory, IncidentFilter, IncidentSource, IncidentStatus, report_bytes
 from services.reporting.feed.service import ACCESS_BASIS, FeedRequest
-from services.reporting.incidents import check_filter, scoped_query
+from services.reporting.incidents.domain import (
+    IncidentCategory,
+    IncidentFilter,
+    IncidentSource,
+    IncidentStatus,
+    report_bytes,
+)
+from services.reporting.incidents.service import check_filter, scoped_query
+from services.reporting.incidents.store import IncidentStore
 from services.reporting.ledger.store import Head
-from services.reporting.store import IncidentStore
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from avgate.kernel.principal import current_principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.feed.exports import Export, ExportService
 from services.reporting.feed.service import FeedItem, FeedRequest, FeedService, Heartbeat
+from services.reporting.incidents.wire import incident_filter_from_proto, incident_filter_to_proto
 from services.reporting.ledger.server import AuditLedgerServicer
-from services.reporting.server import incident_filter_from_proto
-from services.reporting.wire import _CATEGORY, _DEPARTMENT, _SOURCE, _STATUS, _number_of
 
 _KINDS = {
     "incident_created": reporting_pb2.FEED_ITEM_KIND_INCIDENT_CREATED,
@@ -48,25 +47,9 @@ _FILE_KIND_NAMES = {number: name for name, number in _FILE_KINDS.items()}
 
 
 def feed_filter_to_proto(request: FeedRequest) -> reporting_pb2.FeedFilter:
-    f = request.incidents
-    message = reporting_pb2.FeedFilter(
-        incidents=reporting_pb2.IncidentFilter(
-            categories=[_number_of(*_CATEGORY, c.value) for c in f.categories],  # type: ignore[misc]
-            departments=[_number_of(*_DEPARTMENT, d) for d in f.departments],  # type: ignore[misc]
-            region_codes=list(f.region_codes),
-            tenant_ids=list(f.tenant_ids),
-            statuses=[_number_of(*_STATUS, s.value) for s in f.statuses],  # type: ignore[misc]
-            sources=[_number_of(*_SOURCE, s.value) for s in f.sources],  # type: ignore[misc]
-        ),
-        exclude_tree_heads=request.exclude_tree_heads,
+    return reporting_pb2.FeedFilter(
+        incidents=incident_filter_to_proto(request.incidents), exclude_tree_heads=request.exclude_tree_heads
     )
-    if f.created_from is not None or f.created_before is not None:
-        message.incidents.create_time_range.CopyFrom(
-            common_pb2.TimeRange(
-                start_time=convert.timestamp(f.created_from), end_time=convert.timestamp(f.created_before)
-            )
-        )
-    return message
 
 
 class RegulatorFeedServicer(reporting_pb2_grpc.RegulatorFeedServiceServicer):

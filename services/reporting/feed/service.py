@@ -34,10 +34,10 @@ from avgate.kernel.paging import check_page_size, page_limit
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import SUPERVISION
-from services.reporting.domain import IncidentFilter, IncidentQuery
 from services.reporting.feed.cursor import FeedCursor
 from services.reporting.feed.store import FeedRow, FeedStore
-from services.reporting.incidents import check_filter, scoped_query
+from services.reporting.incidents.domain import IncidentFilter, IncidentQuery
+from services.reporting.incidents.service import check_filter, scoped_query
 from services.reporting.ledger.store import Head
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Reads of the regulator feed (writes happen in the changes' own transactions,
-through services.reporting.store.FeedWriter)."""
+through services.reporting.feed.writer.FeedWriter)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry
-from services.reporting.domain import IncidentQuery
+from services.reporting.incidents.domain import IncidentQuery
+from services.reporting.incidents.store import query_conditions
 from services.reporting.models import feed_items
-from services.reporting.store import query_conditions
 
 # Transactions older than every running one are finished: their rows are final.
 _FINISHED: ColumnClause[int] = literal_column(

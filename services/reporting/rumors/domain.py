@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from avgate.kernel.canonical import canonical_json
+from avgate.kernel.legal import ART_13
 
-LEGAL_BASIS = "NAVIS-2019 Art. 13"
+LEGAL_BASIS = ART_13
 MAX_CLAIM = 5000
 MAX_REFUTATION = 10_000
 MAX_URL = 2048

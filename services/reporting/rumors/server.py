@@ -6,13 +6,13 @@ import grpc
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
+from avgate.kernel.convert import ProtoEnum, time_from_proto
 from avgate.kernel.principal import current_principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.rumors.domain import MatchRequest, RefutedRumor, RumorFilter, RumorInput, RumorMatch
 from services.reporting.rumors.service import RumorService
-from services.reporting.server import _number_of, _time_from
 
-_TEXT_FIELD = (reporting_pb2.TextField, "TEXT_FIELD_")
+TEXT_FIELD = ProtoEnum(reporting_pb2.TextField, "TEXT_FIELD_", str)
 
 
 def rumor_to_proto(rumor: RefutedRumor) -> reporting_pb2.RefutedRumor:
@@ -37,7 +37,7 @@ def rumor_input_from_proto(message: reporting_pb2.RefutedRumor) -> RumorInput:
         refutation_text=message.refutation_text,
         refutation_url=message.refutation_url,
         issuing_authority=message.issuing_authority,
-        publish_time=_time_from(message, "publish_time"),
+        publish_time=time_from_proto(message, "publish_time", "rumor.publish_time"),
     )
 
 
@@ -45,7 +45,7 @@ def match_to_proto(found: RumorMatch) -> reporting_pb2.RumorMatch:
     return reporting_pb2.RumorMatch(
         rumor=rumor_to_proto(found.rumor),
         score=found.score,
-        field=_number_of(*_TEXT_FIELD, found.field),  # type: ignore[arg-type]
+        field=TEXT_FIELD.to_proto(found.field),
         matched_text=found.matched_text,
         method=found.method,
     )
@@ -77,8 +77,12 @@ class RumorServicer(reporting_pb2_grpc.RumorServiceServicer):
             RumorFilter(
                 include_retired=request.include_retired,
                 issuing_authority=request.issuing_authority,
-                published_from=_time_from(time_range, "start_time") if ranged else None,
-                published_before=_time_from(time_range, "end_time") if ranged else None,
+                published_from=time_from_proto(time_range, "start_time", "publish_time_range.start_time")
+                if ranged
+                else None,
+                published_before=time_from_proto(time_range, "end_time", "publish_time_range.end_time")
+                if ranged
+                else None,
             ),
             page_size=request.page.page_size,
             page_token=request.page.page_token,

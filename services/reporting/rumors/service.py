@@ -47,7 +47,6 @@ from avgate.kernel.errors import (
     PermissionDenied,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.personal_data import contains_personal_data
 from avgate.kernel.principal import TENANT_ID, Principal, Role
 from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import page_entry, read_entry
@@ -81,25 +80,23 @@ from services.reporting.rumors.store import RumorStore
 
 CLOCK_SKEW = timedelta(seconds=60)
 """How far in the future a publish time may lie: the caller's clock may run ahead of ours."""
-PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _length(check: FieldChecker, value: str, path: str, *, max_length: int) -> None:
+def _public_text(check: FieldChecker, value: str, path: str, *, max_length: int) -> None:
+    """A registry text: 1..max_length characters, kept as the authority published it.
+
+    Unlike FieldChecker.text this refuses no personal data: a rumour and its
+    refutation are public statements quoted as published, and their texts
+    never reach the ledger (its entries carry their hashes).
+    """
     if not value.strip():
         check.add(path, f"must be 1 to {max_length} characters")
     elif len(value) > max_length:
         check.add(path, f"must be at most {max_length} characters")
-
-
-def _identifier(check: FieldChecker, value: str, path: str, *, max_length: int = 256) -> None:
-    if not value or len(value) > max_length or not value.isprintable():
-        check.add(path, f"must be 1 to {max_length} printable characters")
-    elif contains_personal_data(value):
-        check.add(path, PERSONAL_DATA)
 
 
 def _http_url(value: str) -> bool:
@@ -163,7 +160,7 @@ class RumorService:
     def _validate(self, caller: Principal, request_id: str, item: RumorInput) -> str:
         """The owner the entry goes to, or InvalidArgument naming every broken field."""
         check = FieldChecker()
-        _identifier(check, request_id, "request_id", max_length=MAX_REQUEST_ID)
+        check.identifier(request_id, "request_id", max_length=MAX_REQUEST_ID)
         if caller.effective.role is Role.PROVIDER:
             owner = caller.require_tenant()
             check.require(item.tenant_id in ("", owner), "rumor.tenant_id", "must be the caller's own tenant")
@@ -174,16 +171,16 @@ class RumorService:
                 "rumor.tenant_id",
                 "empty (shared with every tenant) or 2-63 of a-z, 0-9, '-'",
             )
-        _length(check, item.claim_text, "rumor.claim_text", max_length=MAX_CLAIM)
+        _public_text(check, item.claim_text, "rumor.claim_text", max_length=MAX_CLAIM)
         if item.claim_text.strip() and len(item.claim_text) <= MAX_CLAIM and not ngrams(item.claim_text).grams:
             check.add("rumor.claim_text", "must hold an ideograph or a word of two letters or digits to match")
-        _length(check, item.refutation_text, "rumor.refutation_text", max_length=MAX_REFUTATION)
+        _public_text(check, item.refutation_text, "rumor.refutation_text", max_length=MAX_REFUTATION)
         check.require(
             len(item.refutation_url) <= MAX_URL and _http_url(item.refutation_url),
             "rumor.refutation_url",
             f"must be an http or https URL of at most {MAX_URL} characters",
         )
-        _length(check, item.issuing_authority, "rumor.issuing_authority", max_length=MAX_AUTHORITY)
+        _public_text(check, item.issuing_authority, "rumor.issuing_authority", max_length=MAX_AUTHORITY)
         if item.publish_time is None:
             check.add("rumor.publish_time", "must be set")
         elif item.publish_time > self._clock() + CLOCK_SKEW:
@@ -286,9 +283,7 @@ class RumorService:
         caller.require_role(Role.PROVIDER, Role.OPERATOR)
         check = FieldChecker()
         check.require(bool(rumor_id), "rumor_id", "must be set")
-        _length(check, reason, "reason", max_length=MAX_REASON)
-        if contains_personal_data(reason):
-            check.add("reason", PERSONAL_DATA)  # the reason goes into the ledger entry
+        check.text(reason, "reason", max_length=MAX_REASON)  # the reason goes into the ledger entry
         check.raise_if_any()
         rumor = await self._store.get(rumor_id)
         owners = self._owners(caller)
@@ -342,7 +337,7 @@ class RumorService:
                 "must be the caller's own tenant",
             )
         if request.content_id:
-            _identifier(check, request.content_id, "content.content_id")
+            check.identifier(request.content_id, "content.content_id")
         check.raise_if_any()
         threshold = request.threshold or self._default_threshold
         limit = request.max_results or DEFAULT_MAX_RESULTS

@@ -19,6 +19,7 @@ import sqlalchemy.exc
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from avgate.kernel.db import violated_constraint
 from avgate.kernel.paging import Cursor
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry
@@ -69,7 +70,7 @@ class SqlRumorStore:
                 await ledger_append(conn, audit)
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the (owner, request id) key can collide: rumour ids are random.
-            if "refuted_rumors_tenant_request_id_key" not in str(exc.orig):
+            if violated_constraint(exc) != "refuted_rumors_tenant_request_id_key":
                 raise
             raise RequestIdTaken(rumor.tenant_id, rumor.request_id) from exc
 

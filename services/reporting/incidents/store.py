@@ -5,17 +5,18 @@ A creation writes the incident, its ledger entry, its regulator-feed item
 and one outbox event per routed department (with what the report is about,
 for DeliveryService) in one transaction; an acknowledgement writes the change,
 its ledger entry and its feed item in one transaction. Delivering the outbox events to the
-authorities is the dispatcher's job (wired in services.reporting.__main__).
+authorities is the dispatcher's job (wired in services.reporting.wiring); the
+statuses delivering implies are set here too (`set_incident_status`), in the
+dispatcher's transaction.
 """
 
 from __future__ import annotations
 
 import builtins
-import enum
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy.exc
@@ -23,18 +24,21 @@ from psycopg.rows import dict_row
 from sqlalchemy import ColumnElement, Table, TextClause, and_, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from avgate.kernel.db import transaction_driver
+from avgate.kernel.db import transaction_driver, violated_constraint
+from avgate.kernel.legal import ART_12, LegalBasis
 from avgate.kernel.outbox import OutboxEvent, enqueue
 from avgate.kernel.paging import Cursor
+from avgate.kernel.principal import Principal
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
-from services.reporting.deliveries.store import Subject, add_subjects
-from services.reporting.domain import (
+from services.reporting.deliveries.subjects import Subject, add_subjects
+from services.reporting.domain import EvidenceRef, Route
+from services.reporting.feed.writer import FeedKind, FeedWriter
+from services.reporting.incidents.domain import (
     Acknowledgement,
     ActionTaken,
     AuthorityReport,
     ContentRef,
-    EvidenceRef,
     ExternalIdTaken,
     Incident,
     IncidentCategory,
@@ -42,78 +46,11 @@ from services.reporting.domain import (
     IncidentQuery,
     IncidentSource,
     IncidentStatus,
-    LegalBasis,
     NewIncident,
     RelatedRecord,
-    Route,
     UserRef,
 )
-from services.reporting.models import evidence, evidence_attachments, feed_items, incidents
-from services.reporting.wire import incident_payload
-
-SCHEMA = "reporting"
-"""(create_time, incident_id) of the last incident of a page; listings run newest first."""
-
-
-class FeedKind(enum.Enum):
-    INCIDENT_CREATED = "incident_created"
-    INCIDENT_UPDATED = "incident_updated"
-
-
-class FeedWriter:
-    """Writes regulator-feed items inside the caller's transaction.
-
-    `encode` turns an incident into the bytes the feed serves (the servicer's
-    serialized avgate.reporting.v1.Incident), so the store stays free of the
-    wire format and the feed streams without converting. Every change of an
-    incident that a regulator should see goes through `write`.
-    """
-
-    def __init__(self, encode: Callable[[Incident], bytes] = incident_payload):
-        self._encode = encode
-
-    async def write(self, conn: AsyncConnection, kind: FeedKind, changed: Sequence[Incident]) -> None:
-        if not changed:
-            return
-        await conn.execute(feed_items.insert(), [self._row(kind, i) for i in changed])
-
-    async def write_changed(self, conn: Any, kind: FeedKind, incident_ids: Sequence[str]) -> None:
-        """Feed items for incidents changed in `conn`'s open transaction (SQLAlchemy's or psycopg's own),
-        as they now are: for changes made below the store (status after delivery)."""
-        if not incident_ids:
-            return
-        driver = await transaction_driver(conn, "FeedWriter.write_changed")
-        async with driver.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "select * from reporting.incidents where incident_id = any(%s) order by incident_id",
-                (list(incident_ids),),
-            )
-            found = [_from_row(r) for r in await cur.fetchall()]
-            await cur.execute(_ATTACHMENTS_SQL, ([i.incident_id for i in found],))
-            changed = _merge_attachments(found, [tuple(r.values()) for r in await cur.fetchall()])
-        rows = [self._row(kind, i) for i in changed]
-        columns = list(rows[0]) if rows else []
-        if rows:
-            async with driver.cursor() as cur:
-                await cur.executemany(
-                    f"insert into reporting.feed_items ({', '.join(columns)}) "
-                    f"values ({', '.join(['%s'] * len(columns))})",
-                    [tuple(r[c] for c in columns) for r in rows],
-                )
-
-    def _row(self, kind: FeedKind, incident: Incident) -> dict[str, Any]:
-        return {
-            "kind": kind.value,
-            "incident_id": incident.incident_id,
-            "tenant_id": incident.tenant_id,
-            "category": incident.input.category.value if incident.input.category else "",
-            "source": incident.input.source.value if incident.input.source else "",
-            "status": incident.status.value,
-            "route_departments": list(incident.departments),
-            "route_regions": list(incident.region_codes),
-            "create_time": incident.create_time,
-            "payload": self._encode(incident),
-        }
+from services.reporting.models import SCHEMA, evidence, evidence_attachments, incidents
 
 
 class IncidentStore(Protocol):
@@ -219,7 +156,7 @@ class SqlIncidentStore:
                 await self.write_new(conn, new)
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the (tenant, external id) key can collide: incident ids are random.
-            if "incidents_tenant_external_id_key" not in str(exc.orig):
+            if violated_constraint(exc) != "incidents_tenant_external_id_key":
                 raise
             first = new[0].incident
             raise ExternalIdTaken(first.tenant_id, first.external_id) from exc
@@ -310,6 +247,89 @@ class SqlIncidentStore:
     async def record(self, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:
             await ledger_append(conn, audit)
+
+
+# --------------------------------------------------------------------------- statuses after creation
+# The one place an incident's status changes after creation (other than an acknowledgement,
+# which records itself with the acknowledgement): delivery outcomes and replays call
+# `set_incident_status`. It runs in the caller's transaction, so each status and its ledger
+# entry commit with whatever caused them (outcomes the dispatcher records, an operator's
+# replay). It takes many incidents at once: the dispatcher settles a batch of outcomes in one
+# statement plus one pipelined round of ledger appends, not two round trips per incident.
+
+# One statement: the previous status comes from the rows as they were (locked here, if the caller
+# has not locked them already); an incident that has its new status already is left alone.
+_UPDATE_STATUS = (
+    "update reporting.incidents i set status = v.status, update_time = %s "
+    "from unnest(%s::text[], %s::text[]) as v(incident_id, status), "
+    "(select incident_id, status from reporting.incidents where incident_id = any(%s) "
+    "order by incident_id for update) as p "
+    "where i.incident_id = v.incident_id and p.incident_id = v.incident_id and p.status <> v.status "
+    "returning i.incident_id, i.tenant_id, p.status"
+)
+
+
+async def set_incident_status(
+    conn: Any,
+    changes: Mapping[str, IncidentStatus],
+    *,
+    actor: Principal,
+    reason: str = "",
+    data: Mapping[str, Mapping[str, Any]] | None = None,
+    at: datetime | None = None,
+) -> dict[str, IncidentStatus]:
+    """Moves each incident of `changes` to its status, each with its ledger entry ("incident.status",
+    with `data[incident_id]` added) and its regulator-feed item; returns the previous status of those
+    that changed. An incident that has its status already, or does not exist, is left alone and gets
+    no entry.
+
+    `conn` is a SQLAlchemy AsyncConnection or a psycopg AsyncConnection with a transaction begun.
+    """
+    if not changes:
+        return {}
+    driver = await transaction_driver(conn, "set_incident_status")
+    when = at or datetime.now(UTC)
+    ids = list(changes)
+    cur = await driver.execute(_UPDATE_STATUS, (when, ids, [changes[i].value for i in ids], ids))
+    changed = {str(r[0]): (str(r[1]), IncidentStatus(r[2])) for r in await cur.fetchall()}
+    entries = [
+        LedgerEntry(
+            action="incident.status",
+            subject_type="incident",
+            subject_id=incident_id,
+            actor=actor,
+            legal_basis=ART_12,
+            reason=reason,
+            tenant_id=tenant_id,
+            data={"from": previous.value, "to": changes[incident_id].value, **(data or {}).get(incident_id, {})},
+            occurred_at=when,
+        )
+        for incident_id, (tenant_id, previous) in sorted(changed.items())
+    ]
+    if entries:
+        async with driver.pipeline():  # the appends return nothing: one round trip for all of them
+            for entry in entries:
+                await ledger_append(driver, entry)
+        # The regulator feed shows every status change, as the incident now is.
+        now = await load_incidents(driver, sorted(changed))
+        await FeedWriter().write_on_driver(driver, FeedKind.INCIDENT_UPDATED, now)
+    return {incident_id: previous for incident_id, (_, previous) in changed.items()}
+
+
+async def load_incidents(conn: Any, incident_ids: Sequence[str]) -> builtins.list[Incident]:
+    """The incidents as they are in `conn`'s open transaction (SQLAlchemy's or psycopg's own), by id,
+    with the evidence attached to them: for changes made below the store."""
+    if not incident_ids:
+        return []
+    driver = await transaction_driver(conn, "load_incidents")
+    async with driver.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "select * from reporting.incidents where incident_id = any(%s) order by incident_id",
+            (list(incident_ids),),
+        )
+        found = [_from_row(r) for r in await cur.fetchall()]
+        await cur.execute(_ATTACHMENTS_SQL, ([i.incident_id for i in found],))
+        return _merge_attachments(found, [tuple(r.values()) for r in await cur.fetchall()])
 
 
 # --------------------------------------------------------------------------- shared with other reporting records
@@ -447,10 +467,7 @@ def _to_row(incident: Incident) -> dict[str, Any]:
         "source": i.source.value if i.source else "",
         "category": i.category.value if i.category else "",
         "prohibited_type": i.prohibited_type,
-        "legal_basis": [
-            {"instrument": b.instrument, "article": b.article, "paragraph": b.paragraph, "note": b.note}
-            for b in i.legal_basis
-        ],
+        "legal_basis": [b.to_json() for b in i.legal_basis],
         "facts": i.facts,
         "content": [
             {"content_id": c.content_id, "uri": c.uri, "sha256": c.sha256, "media_type": c.media_type}
@@ -486,7 +503,7 @@ def _from_row(row: Any) -> Incident:
         source=IncidentSource(row["source"]),
         category=IncidentCategory(row["category"]),
         prohibited_type=row["prohibited_type"],
-        legal_basis=tuple(LegalBasis(**b) for b in row["legal_basis"]),
+        legal_basis=tuple(LegalBasis.from_json(b) for b in row["legal_basis"]),
         facts=row["facts"],
         content=tuple(ContentRef(tenant_id=tenant_id, **c) for c in row["content"]),
         user=UserRef(user_id=row["user_id"], tenant_id=tenant_id) if row["user_id"] is not None else None,

@@ -17,7 +17,7 @@ creation writes, in one transaction, the incident, its ledger entry and one
 outbox event per routed department (destination "authority:<department>",
 payload the canonical JSON report). Reporting's outbox dispatcher delivers
 them, signed, to each department's adapter (REPORTING_AUTHORITIES; see
-services.reporting.__main__).
+services.reporting.wiring).
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ from avgate.kernel.errors import (
     NotFound,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.personal_data import contains_personal_data
 from avgate.kernel.principal import DEPARTMENTS, NATIONAL, REGION_CODE, TENANT_ID, Principal, Role
 from avgate.ledger.entry import LedgerEntry
 from services.reporting.access import page_entry, read_entry
-from services.reporting.domain import (
-    SHA256_HEX,
+from services.reporting.domain import SHA256_HEX, in_scope, region_prefix
+from services.reporting.incidents.domain import (
     Acknowledgement,
     AuthorityReport,
     ExternalIdTaken,
@@ -56,19 +55,16 @@ from services.reporting.domain import (
     NewIncident,
     RoutingRules,
     content_hash,
-    in_scope,
     new_incident_id,
     outbox_event_id,
-    region_prefix,
     report_bytes,
 )
-from services.reporting.store import IncidentStore
+from services.reporting.incidents.store import IncidentStore
 
 MAX_BATCH = 100
 MAX_FACTS = 10_000
 MAX_ITEMS = 100
 MAX_NOTE = 2000
-PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
 
 
 @dataclass(frozen=True)
@@ -91,24 +87,6 @@ class BatchOutcome:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _text(check: FieldChecker, value: str, path: str, *, required: bool, max_length: int) -> None:
-    """Length, printable characters, and no personal data in clear (it would reach the authorities' reports)."""
-    if required and not value.strip():
-        check.add(path, f"must be 1 to {max_length} characters")
-        return
-    if len(value) > max_length:
-        check.add(path, f"must be at most {max_length} characters")
-    elif contains_personal_data(value):
-        check.add(path, PERSONAL_DATA)
-
-
-def _identifier(check: FieldChecker, value: str, path: str, *, max_length: int = 256) -> None:
-    if not value or len(value) > max_length or not value.isprintable():
-        check.add(path, f"must be 1 to {max_length} printable characters")
-    elif contains_personal_data(value):
-        check.add(path, PERSONAL_DATA)
 
 
 def check_filter(check: FieldChecker, f: IncidentFilter, prefix: str) -> None:
@@ -254,7 +232,7 @@ class IncidentService:
 
         For a record reported as an incident (a security assessment): its
         store writes the record and this incident in one transaction
-        (services.reporting.store.SqlIncidentStore.write_new). Field violations are
+        (services.reporting.incidents.store.SqlIncidentStore.write_new). Field violations are
         named under "incident.".
         """
         caller.require_role(Role.PROVIDER, Role.OPERATOR)
@@ -318,7 +296,7 @@ class IncidentService:
         else:
             tenant = item.tenant_id
             check.require(bool(TENANT_ID.fullmatch(tenant)), at("tenant_id"), "required: 2-63 of a-z, 0-9, '-'")
-        _identifier(check, item.external_id, at("external_id"), max_length=128)
+        check.identifier(item.external_id, at("external_id"), max_length=128)
         check.require(item.source is not None, at("source"), "must be set")
         check.require(item.category is not None, at("category"), "must be set")
         if item.category is IncidentCategory.PROHIBITED_CONTENT:
@@ -328,16 +306,16 @@ class IncidentService:
         if not 1 <= len(item.legal_basis) <= 20:
             check.add(at("legal_basis"), "must name 1 to 20 provisions")
         for i, basis in enumerate(item.legal_basis):
-            _text(check, basis.instrument, at(f"legal_basis[{i}].instrument"), required=True, max_length=64)
-            _text(check, basis.article, at(f"legal_basis[{i}].article"), required=True, max_length=16)
-            _text(check, basis.paragraph, at(f"legal_basis[{i}].paragraph"), required=False, max_length=16)
-            _text(check, basis.note, at(f"legal_basis[{i}].note"), required=False, max_length=MAX_NOTE)
-        _text(check, item.facts, at("facts"), required=True, max_length=MAX_FACTS)
+            check.text(basis.instrument, at(f"legal_basis[{i}].instrument"), required=True, max_length=64)
+            check.text(basis.article, at(f"legal_basis[{i}].article"), required=True, max_length=16)
+            check.text(basis.paragraph, at(f"legal_basis[{i}].paragraph"), required=False, max_length=16)
+            check.text(basis.note, at(f"legal_basis[{i}].note"), required=False, max_length=MAX_NOTE)
+        check.text(item.facts, at("facts"), required=True, max_length=MAX_FACTS)
         check.require(len(item.content) <= MAX_ITEMS, at("content"), f"at most {MAX_ITEMS} items")
         for i, ref in enumerate(item.content):
-            _identifier(check, ref.content_id, at(f"content[{i}].content_id"))
+            check.identifier(ref.content_id, at(f"content[{i}].content_id"))
             check.require(ref.tenant_id in ("", tenant), at(f"content[{i}].tenant_id"), "must be the incident's tenant")
-            _text(check, ref.uri, at(f"content[{i}].uri"), required=False, max_length=2048)
+            check.text(ref.uri, at(f"content[{i}].uri"), required=False, max_length=2048)
             check.require(
                 not ref.sha256 or bool(SHA256_HEX.fullmatch(ref.sha256)),
                 at(f"content[{i}].sha256"),
@@ -345,14 +323,14 @@ class IncidentService:
             )
             check.require(len(ref.media_type) <= 128, at(f"content[{i}].media_type"), "at most 128 characters")
         if item.user is not None:
-            _identifier(check, item.user.user_id, at("user.user_id"))
+            check.identifier(item.user.user_id, at("user.user_id"))
             check.require(item.user.tenant_id in ("", tenant), at("user.tenant_id"), "must be the incident's tenant")
         if item.action is not None:
             action = item.action
             check.require(action.type is not None, at("action.type"), "must be set when an action is given")
-            _text(check, action.detail, at("action.detail"), required=False, max_length=MAX_NOTE)
+            check.text(action.detail, at("action.detail"), required=False, max_length=MAX_NOTE)
             if action.enforcement_action_id:
-                _identifier(check, action.enforcement_action_id, at("action.enforcement_action_id"))
+                check.identifier(action.enforcement_action_id, at("action.enforcement_action_id"))
             if action.action_time is not None and action.until_time is not None:
                 check.require(
                     action.until_time > action.action_time, at("action.until_time"), "must be after action_time"
@@ -373,7 +351,7 @@ class IncidentService:
         check.require(len(item.related) <= MAX_ITEMS, at("related"), f"at most {MAX_ITEMS} items")
         for i, related in enumerate(item.related):
             check.require(related.kind is not None, at(f"related[{i}].kind"), "must be set")
-            _identifier(check, related.id, at(f"related[{i}].id"))
+            check.identifier(related.id, at(f"related[{i}].id"))
         check.raise_if_any()
         return replace(
             item,
@@ -434,9 +412,9 @@ class IncidentService:
         caller.require_role(Role.REGULATOR)
         check = FieldChecker()
         check.require(bool(incident_id), "incident_id", "must be set")
-        _text(check, note, "note", required=False, max_length=MAX_NOTE)
+        check.text(note, "note", required=False, max_length=MAX_NOTE)
         if request_id:
-            _identifier(check, request_id, "request_id", max_length=128)
+            check.identifier(request_id, "request_id", max_length=128)
         check.raise_if_any()
         incident = await self._store.get(incident_id)
         regulator = caller.effective
