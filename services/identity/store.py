@@ -20,6 +20,8 @@ from sqlalchemy import and_, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from avgate.kernel.db import violated_constraint
+from avgate.kernel.legal import LegalBasis
 from avgate.kernel.paging import Cursor
 from avgate.kernel.principal import Principal
 from avgate.ledger.append import append as ledger_append
@@ -34,7 +36,6 @@ from services.identity.domain import (
     EnforcementActionState,
     EnforcementActionType,
     EnforcementEvent,
-    LegalBasis,
     Lockout,
     MinorRule,
     NightWindow,
@@ -246,6 +247,14 @@ def _of_user(user: UserRef) -> Any:
     return and_(c.tenant_id == user.tenant_id, c.user_id == user.user_id)
 
 
+async def active_actions(conn: AsyncConnection, user: UserRef) -> list[EnforcementAction]:
+    """The user's ACTIVE actions in the order they were issued, in the caller's transaction."""
+    c = enforcement_actions.c
+    query = select(enforcement_actions).where(_of_user(user), _ACTIVE).order_by(c.create_time, c.action_id)
+    rows = (await conn.execute(query)).mappings().all()
+    return [_action_from_row(r) for r in rows]
+
+
 # --------------------------------------------------------------------------- the SQL store
 
 
@@ -257,20 +266,6 @@ class SqlIdentityStore:
 
     # ----------------------------------------------------------------- reads
 
-    @staticmethod
-    async def _active_actions(conn: AsyncConnection, user: UserRef) -> list[EnforcementAction]:
-        c = enforcement_actions.c
-        rows = (
-            (
-                await conn.execute(
-                    select(enforcement_actions).where(_of_user(user), _ACTIVE).order_by(c.create_time, c.action_id)
-                )
-            )
-            .mappings()
-            .all()
-        )
-        return [_action_from_row(r) for r in rows]
-
     @classmethod
     async def _account(cls, conn: AsyncConnection, user: UserRef, *, lock: bool = False) -> Account | None:
         query = select(accounts).where(accounts.c.tenant_id == user.tenant_id, accounts.c.user_id == user.user_id)
@@ -279,7 +274,7 @@ class SqlIdentityStore:
         row = (await conn.execute(query)).mappings().first()
         if row is None:
             return None
-        return _account_from_row(row, await cls._active_actions(conn, user))
+        return _account_from_row(row, await active_actions(conn, user))
 
     async def account(self, user: UserRef) -> Account | None:
         async with self._engine.connect() as conn:
@@ -303,7 +298,7 @@ class SqlIdentityStore:
             account_row = {c.name: row[f"a_{c.name}"] for c in a.columns}
             account = None
             if account_row["tenant_id"] is not None:
-                account = _account_from_row(account_row, await self._active_actions(conn, user))
+                account = _account_from_row(account_row, await active_actions(conn, user))
         if policy_row["tenant_id"] is None:
             return account, EligibilityPolicy(user.tenant_id)
         policy = _policy_from_row(policy_row)
@@ -394,7 +389,7 @@ class SqlIdentityStore:
                 await report_enforcement(conn, action, EnforcementEvent.ISSUE, now, origin)
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the idempotency key can collide: action ids are random.
-            if "enforcement_actions_tenant_idempotency_key" not in str(exc.orig):
+            if violated_constraint(exc) != "enforcement_actions_tenant_idempotency_key":
                 raise
             raise IdempotencyKeyTaken(action.idempotency_key) from exc
         return account
@@ -479,7 +474,7 @@ class SqlIdentityStore:
                     )
                 await ledger_append(conn, audit)
         except sqlalchemy.exc.IntegrityError as exc:
-            if "eligibility_policies_pkey" not in str(exc.orig):
+            if violated_constraint(exc) != "eligibility_policies_pkey":
                 raise
             raise PolicyChangedConcurrently(tenant_id) from exc
         return new
