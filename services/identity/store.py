@@ -25,7 +25,7 @@ from avgate.kernel.legal import LegalBasis
 from avgate.kernel.paging import Cursor
 from avgate.kernel.principal import Principal
 from avgate.ledger.append import append as ledger_append
-from avgate.ledger.entry import LedgerEntry
+from avgate.ledger.entry import LedgerEntry, canonical_bytes
 from services.identity.domain import (
     Account,
     AccountFunction,
@@ -580,4 +580,207 @@ class SqlIdentityStore:
             for action in expired:
                 await ledger_append(conn, audit_for(action))
                 await report_enforcement(conn, action, EnforcementEvent.EXPIRE, now, origin_for(action))
+        return expired
+
+
+# --------------------------------------------------------------------------- the in-memory store
+
+
+@dataclass(frozen=True)
+class Reported:
+    """An enforcement event the in-memory store handed to reporting (the SQL store queues an incident)."""
+
+    action: EnforcementAction
+    event: EnforcementEvent
+    origin: Principal
+
+
+@dataclass
+class _AccountRecord:
+    account: Account
+    update_time: datetime
+
+
+class InMemoryIdentityStore:
+    """The fake the unit tests run the use cases against; the contract suite holds it to the SQL store.
+
+    The ledger entries the SQL store appends land in `ledger`, the incidents it
+    queues for reporting in `reported`.
+    """
+
+    def __init__(self) -> None:
+        self._accounts: dict[UserRef, _AccountRecord] = {}
+        self._actions: dict[str, EnforcementAction] = {}
+        self._policies: dict[str, EligibilityPolicy] = {}
+        self.ledger: builtins.list[LedgerEntry] = []
+        self.reported: builtins.list[Reported] = []
+
+    # ----------------------------------------------------------------- reads
+
+    def _active(self, user: UserRef) -> builtins.list[EnforcementAction]:
+        found = [a for a in self._actions.values() if a.user == user and a.state is EnforcementActionState.ACTIVE]
+        return sorted(found, key=lambda a: (a.create_time, a.action_id))
+
+    def _account(self, user: UserRef) -> Account | None:
+        record = self._accounts.get(user)
+        if record is None:
+            return None
+        return replace(record.account, active_actions=tuple(self._active(user)))
+
+    async def account(self, user: UserRef) -> Account | None:
+        return self._account(user)
+
+    async def eligibility_inputs(self, user: UserRef) -> tuple[Account | None, EligibilityPolicy]:
+        return self._account(user), self._policies.get(user.tenant_id, EligibilityPolicy(user.tenant_id))
+
+    async def policy(self, tenant_id: str) -> EligibilityPolicy:
+        return self._policies.get(tenant_id, EligibilityPolicy(tenant_id))
+
+    async def find_action_by_key(self, tenant_id: str, idempotency_key: str) -> EnforcementAction | None:
+        return next(
+            (
+                a
+                for a in self._actions.values()
+                if a.user.tenant_id == tenant_id and a.idempotency_key == idempotency_key
+            ),
+            None,
+        )
+
+    async def get_action(self, action_id: str) -> EnforcementAction | None:
+        return self._actions.get(action_id)
+
+    async def list_actions(
+        self, user: UserRef, action_filter: ActionFilter, *, after: Cursor | None, limit: int
+    ) -> builtins.list[EnforcementAction]:
+        f = action_filter
+
+        def wanted(a: EnforcementAction) -> bool:
+            return (
+                a.user == user
+                and (not f.states or a.state in f.states)
+                and (not f.types or a.type in f.types)
+                and (f.created_from is None or a.create_time >= f.created_from)
+                and (f.created_before is None or a.create_time < f.created_before)
+                and (after is None or (a.create_time, a.action_id) < after)
+            )
+
+        found = sorted(filter(wanted, self._actions.values()), key=lambda a: (a.create_time, a.action_id), reverse=True)
+        return found[:limit]
+
+    # ----------------------------------------------------------------- writes
+
+    def _ensure_account(self, user: UserRef, now: datetime) -> None:
+        if user not in self._accounts:
+            self._accounts[user] = _AccountRecord(Account(user), now)
+
+    def _refresh_status(self, user: UserRef, now: datetime) -> Account:
+        record = self._accounts[user]
+        status = status_from(self._active(user), now, erased=record.account.status is AccountStatus.ERASED)
+        if status is not record.account.status:
+            record.account = replace(record.account, status=status)
+            record.update_time = now
+        account = self._account(user)
+        assert account is not None
+        return account
+
+    def _record(self, audit: LedgerEntry) -> None:
+        canonical_bytes(audit)  # refuses what the real ledger would refuse
+        self.ledger.append(audit)
+
+    async def issue(self, action: EnforcementAction, audit: LedgerEntry, origin: Principal, now: datetime) -> Account:
+        if await self.find_action_by_key(action.user.tenant_id, action.idempotency_key) is not None:
+            raise IdempotencyKeyTaken(action.idempotency_key)
+        canonical_bytes(audit)
+        self._ensure_account(action.user, now)
+        self._actions[action.action_id] = action
+        account = self._refresh_status(action.user, now)
+        self._record(audit)
+        self.reported.append(Reported(action, EnforcementEvent.ISSUE, origin))
+        return account
+
+    async def end_action(
+        self,
+        action_id: str,
+        decide: Callable[[EnforcementAction], Ended | None],
+        origin: Principal,
+        now: datetime,
+    ) -> tuple[EnforcementAction, Account] | None:
+        current = self._actions.get(action_id)
+        if current is None:
+            return None
+        self._ensure_account(current.user, now)
+        ended = decide(current)
+        if ended is None:
+            account = self._account(current.user)
+            assert account is not None
+            return current, account
+        canonical_bytes(ended.audit)
+        self._actions[action_id] = ended.action
+        account = self._refresh_status(current.user, now)
+        self._record(ended.audit)
+        self.reported.append(Reported(ended.action, ended.event, origin))
+        return ended.action, account
+
+    async def unlock(self, user: UserRef, audit: LedgerEntry, now: datetime) -> Account:
+        canonical_bytes(audit)
+        self._ensure_account(user, now)
+        record = self._accounts[user]
+        record.account = replace(record.account, lockout=None)
+        record.update_time = now
+        self._record(audit)
+        account = self._account(user)
+        assert account is not None
+        return account
+
+    async def update_policy(
+        self, tenant_id: str, decide: Callable[[EligibilityPolicy], tuple[EligibilityPolicy, LedgerEntry]]
+    ) -> EligibilityPolicy:
+        new, audit = decide(await self.policy(tenant_id))
+        canonical_bytes(audit)
+        self._policies[tenant_id] = new
+        self._record(audit)
+        return new
+
+    async def start_due(
+        self, now: datetime, limit: int, audit_for: Callable[[UserRef, AccountStatus, AccountStatus], LedgerEntry]
+    ) -> int:
+        def started(user: UserRef, record: _AccountRecord) -> bool:
+            return any(now >= a.start_time > record.update_time for a in self._active(user))
+
+        users = sorted((u for u, r in self._accounts.items() if started(u, r)), key=lambda u: (u.tenant_id, u.user_id))[
+            :limit
+        ]
+        for user in users:
+            before = self._accounts[user].account.status
+            after = self._refresh_status(user, now).status
+            self._accounts[user].update_time = now  # worked out now, whether or not it changed: not again
+            if after is not before:
+                self._record(audit_for(user, before, after))
+        return len(users)
+
+    async def expire_due(
+        self,
+        now: datetime,
+        limit: int,
+        audit_for: Callable[[EnforcementAction], LedgerEntry],
+        origin_for: Callable[[EnforcementAction], Principal],
+    ) -> builtins.list[EnforcementAction]:
+        due = sorted(
+            (
+                a
+                for a in self._actions.values()
+                if a.state is EnforcementActionState.ACTIVE and a.until_time is not None and a.until_time <= now
+            ),
+            key=lambda a: (a.until_time or now, a.action_id),
+        )[:limit]
+        expired = [
+            replace(a, state=EnforcementActionState.EXPIRED, end_time=a.until_time, ended_by=EXPIRY_ACTOR) for a in due
+        ]
+        for action in expired:
+            self._actions[action.action_id] = action
+        for user in sorted({a.user for a in expired}, key=lambda u: (u.tenant_id, u.user_id)):
+            self._refresh_status(user, now)
+        for action in expired:
+            self._record(audit_for(action))
+            self.reported.append(Reported(action, EnforcementEvent.EXPIRE, origin_for(action)))
         return expired
