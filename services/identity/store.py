@@ -615,6 +615,10 @@ class InMemoryIdentityStore:
         self.ledger: builtins.list[LedgerEntry] = []
         self.reported: builtins.list[Reported] = []
 
+    def put_account(self, account: Account, now: datetime) -> None:
+        """Records an account as verification would have left it (for tests; its actions come from issue)."""
+        self._accounts[account.user] = _AccountRecord(replace(account, active_actions=()), now)
+
     # ----------------------------------------------------------------- reads
 
     def _active(self, user: UserRef) -> builtins.list[EnforcementAction]:
