@@ -24,7 +24,8 @@ from services.identity.reindex import IndexRotation
 from services.identity.server import IdentityServicer, registrations
 from services.identity.service import IdentityService
 from services.identity.store import SqlIdentityStore
-from services.identity.verification import VerificationService
+from services.identity.verification.service import VerificationService
+from services.identity.verification.store import SqlVerificationStore
 
 
 def _now() -> datetime:
@@ -52,12 +53,9 @@ async def compose(settings: IdentitySettings, *, clock: Callable[[], datetime] =
     engine = create_engine_for(url)
     service = IdentityService(SqlIdentityStore(engine, limits), clock=clock)
     verification = VerificationService(
-        engine,
-        service,
+        SqlVerificationStore(engine, codes=codes, limits=limits, clock=clock),
         vault=vault,
         indexer=indexer,
-        codes=codes,
-        limits=limits,
         sms=sms,
         verifier=verifier,
         clock=clock,

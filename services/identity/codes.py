@@ -27,11 +27,9 @@ caller commits a wrong guess's attempt count before answering.
 
 from __future__ import annotations
 
-import base64
 import enum
 import hashlib
 import hmac
-import os
 import pathlib
 import secrets
 import uuid
@@ -43,10 +41,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.keyring import KeyFile, parse_key_file
 from services.identity.models import verification_codes
 
 CODE_DIGITS = 6
-KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -57,40 +55,16 @@ class HashKeyRing:
     current_id: str
 
     @classmethod
-    def load(cls, path: pathlib.Path) -> HashKeyRing:
-        """Reads "<key id> <base64 of 32 bytes>" lines; the last one is current."""
-        keys: dict[str, bytes] = {}
-        current = ""
-        for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            parts = line.split()
-            try:
-                key = base64.b64decode(parts[1], validate=True) if len(parts) == 2 else b""
-            except ValueError:
-                key = b""
-            if len(key) != KEY_BYTES or len(parts[0]) > 64:
-                raise ValueError(f"{path}:{number}: expected '<key id> <base64 of {KEY_BYTES} bytes>'")
-            keys[parts[0]] = key
-            current = parts[0]
-        if not keys:
-            raise ValueError(f"{path} holds no key")
-        return cls(keys, current)
+    def from_key_file(cls, keys: KeyFile) -> HashKeyRing:
+        return cls(dict(keys.keys), keys.current)
 
     @classmethod
-    def load_or_generate(cls, path: pathlib.Path) -> HashKeyRing:
-        """The local stand-in: a key generated on first use (mode 0600)."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            line = f"k{datetime.now(UTC):%Y%m%d} {base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}\n"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process made it first
-            else:
-                with os.fdopen(fd, "w", encoding="ascii") as out:
-                    out.write(line)
-        return cls.load(path)
+    def load(cls, path: pathlib.Path) -> HashKeyRing:
+        """Reads a key file (avgate.kernel.keyring's format); ValueError names the file and the line at fault."""
+        try:
+            return cls.from_key_file(parse_key_file(path.read_text(encoding="ascii")))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     def derive(self, purpose: str) -> bytes:
         """A key for another use of the current key (domain-separated), e.g. address keys for limits."""

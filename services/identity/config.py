@@ -63,6 +63,15 @@ class IdentitySettings(ReportingHandoffSettings):
             ),
         )
 
+    def code_hash_keys(self) -> KeyFile:
+        """The one-time-code hash keys, generated when missing where that is allowed (as vault_keys)."""
+        return self._key_file(
+            "IDENTITY_CODE_HASH_KEY_FILE",
+            self.code_hash_key_file,
+            self.own_code_hash_key_file,
+            "one-time-code hash keys",
+        )
+
     def _key_file(self, variable: str, configured: pathlib.Path | None, path: pathlib.Path, what: str) -> KeyFile:
         if not path.exists() and (self.generate_keys or configured is None):
             create_key_file(

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from avgate.kernel import legal
+from avgate.kernel.legal import LegalBasis
+
 ADULT_AGE = 18
 GUARDIAN_CONSENT_AGE = 14  # PIPL Art. 31
 MINUTES_PER_DAY = 24 * 60
@@ -124,29 +127,10 @@ class EnforcementEvent(enum.Enum):
     EXPIRE = "expire"
 
 
-@dataclass(frozen=True)
-class LegalBasis:
-    instrument: str
-    article: str
-    paragraph: str = ""
-    note: str = ""
-
-    def cite(self) -> str:
-        text = f"{self.instrument} Art. {self.article}"
-        return f"{text}({self.paragraph})" if self.paragraph else text
-
-    def to_json(self) -> dict[str, str]:
-        return {"instrument": self.instrument, "article": self.article, "paragraph": self.paragraph, "note": self.note}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, str]) -> LegalBasis:
-        return cls(raw["instrument"], raw["article"], raw.get("paragraph", ""), raw.get("note", ""))
-
-
-ART_7 = LegalBasis("NAVIS-2019", "7", note="protection of minors")
-ART_8 = LegalBasis("NAVIS-2019", "8", note="real-identity authentication before publishing")
-PIPL_29 = LegalBasis("PIPL-2021", "29", note="separate consent to processing sensitive personal information")
-PIPL_31 = LegalBasis("PIPL-2021", "31", note="guardian consent for a minor under 14")
+ART_7 = legal.navis("7", note="protection of minors")
+ART_8 = legal.navis("8", note="real-identity authentication before publishing")
+PIPL_29 = LegalBasis(legal.PIPL, "29", note="separate consent to processing sensitive personal information")
+PIPL_31 = LegalBasis(legal.PIPL, "31", note="guardian consent for a minor under 14")
 
 
 @dataclass(frozen=True)
@@ -328,7 +312,7 @@ class Eligibility:
 
 
 def _action_basis(action: EnforcementAction) -> LegalBasis:
-    return action.legal_basis[0] if action.legal_basis else LegalBasis("NAVIS-2019", "14")
+    return action.legal_basis[0] if action.legal_basis else legal.navis("14")
 
 
 def _night_end(now: datetime, window: NightWindow, zone: ZoneInfo) -> datetime:

@@ -1,5 +1,6 @@
 """The re-index job: after the blind-index key rotates, moves every flow's indexes (and
-identity claims) to the current key in the background (VerificationService.reindex says how a
+identity claims) to the current key in the background (VerificationService.reindex, in
+services.identity.verification.service, says how a
 rotation goes). Every identity replica runs it; SKIP LOCKED shares the rows between them."""
 
 from __future__ import annotations

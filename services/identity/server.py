@@ -6,102 +6,69 @@ eligibility policy, the verification flows, consents and erasure.
 
 from __future__ import annotations
 
-import enum
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 import grpc
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from avgate.common.v1 import common_pb2
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel import convert
-from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.convert import ProtoEnum, time_from_proto
 from avgate.kernel.grpc.server import ServiceRegistration
+from avgate.kernel.legal import LegalBasis
 from avgate.kernel.principal import current_principal
 from services.identity.domain import (
     Account,
     AccountFunction,
+    AccountStatus,
     ActionFilter,
     EligibilityPolicy,
     EnforcementAction,
     EnforcementActionState,
     EnforcementActionType,
+    IneligibilityCode,
     IneligibilityReason,
     IssueRequest,
-    LegalBasis,
     LiftKind,
     LiftRequest,
     MinorRule,
     NightWindow,
     PolicyUpdate,
+    SubjectType,
     UserRef,
     VerificationLevel,
+    VerificationMethod,
 )
 from services.identity.service import IdentityService
 from services.identity.vault import Masked
-from services.identity.verification import (
+from services.identity.verification.domain import (
     Consent,
     ConsentPurpose,
     Erasure,
+    FailureReason,
     Flow,
+    FlowState,
     GuardianInput,
     GuardianRelationship,
     IdentityInput,
-    SubjectType,
-    VerificationService,
 )
+from services.identity.verification.service import VerificationService
 
 IDENTITY = "avgate.identity.v1.IdentityService"
-E = TypeVar("E", bound=enum.Enum)
-
-_LEVEL = (identity_pb2.VerificationLevel, "VERIFICATION_LEVEL_")
-_SUBJECT = (identity_pb2.SubjectType, "SUBJECT_TYPE_")
-_METHOD = (identity_pb2.VerificationMethod, "VERIFICATION_METHOD_")
-_STATUS = (identity_pb2.AccountStatus, "ACCOUNT_STATUS_")
-_FUNCTION = (identity_pb2.AccountFunction, "ACCOUNT_FUNCTION_")
-_CODE = (identity_pb2.IneligibilityCode, "INELIGIBILITY_CODE_")
-_TYPE = (identity_pb2.EnforcementActionType, "ENFORCEMENT_ACTION_TYPE_")
-_STATE = (identity_pb2.EnforcementActionState, "ENFORCEMENT_ACTION_STATE_")
-_LIFT = (identity_pb2.LiftKind, "LIFT_KIND_")
-_FLOW_STATE = (identity_pb2.VerificationFlowState, "VERIFICATION_FLOW_STATE_")
-_FAILURE = (identity_pb2.VerificationFailureReason, "VERIFICATION_FAILURE_REASON_")
-_PURPOSE = (identity_pb2.ConsentPurpose, "CONSENT_PURPOSE_")
-_RELATIONSHIP = (identity_pb2.GuardianRelationship, "GUARDIAN_RELATIONSHIP_")
-
-
-# --------------------------------------------------------------------------- enums by name
-# Domain enum values are the proto names without their prefix, in lower case.
-
-
-def _from(cls: type[E], wrapper: EnumTypeWrapper, prefix: str, number: int) -> E | None:
-    """The domain value of a proto enum number; None for *_UNSPECIFIED or a number this build does not know."""
-    try:
-        name = wrapper.Name(number)  # type: ignore[arg-type]
-    except ValueError:
-        return None
-    suffix = name.removeprefix(prefix).lower()
-    return None if suffix == "unspecified" else cls(suffix)
-
-
-def _to(wrapper: EnumTypeWrapper, prefix: str, value: enum.Enum | None) -> Any:
-    return int(wrapper.Value(f"{prefix}{str(value.value).upper()}")) if value is not None else 0
-
-
-def _filter_values(cls: type[E], wrapper: EnumTypeWrapper, prefix: str, numbers: Any, field: str) -> tuple[E, ...]:
-    values = []
-    for i, number in enumerate(numbers):
-        value = _from(cls, wrapper, prefix, number)
-        if value is None:
-            if number == 0:
-                continue
-            raise InvalidArgument(FieldViolation(f"{field}[{i}]", "not a known value"))
-        values.append(value)
-    return tuple(values)
-
-
-def _time(message: Any, field: str) -> datetime | None:
-    return getattr(message, field).ToDatetime(tzinfo=UTC) if message.HasField(field) else None
+LEVEL = ProtoEnum(identity_pb2.VerificationLevel, "VERIFICATION_LEVEL_", VerificationLevel)
+SUBJECT = ProtoEnum(identity_pb2.SubjectType, "SUBJECT_TYPE_", SubjectType)
+METHOD = ProtoEnum(identity_pb2.VerificationMethod, "VERIFICATION_METHOD_", VerificationMethod)
+STATUS = ProtoEnum(identity_pb2.AccountStatus, "ACCOUNT_STATUS_", AccountStatus)
+FUNCTION = ProtoEnum(identity_pb2.AccountFunction, "ACCOUNT_FUNCTION_", AccountFunction)
+INELIGIBILITY = ProtoEnum(identity_pb2.IneligibilityCode, "INELIGIBILITY_CODE_", IneligibilityCode)
+ACTION_TYPE = ProtoEnum(identity_pb2.EnforcementActionType, "ENFORCEMENT_ACTION_TYPE_", EnforcementActionType)
+ACTION_STATE = ProtoEnum(identity_pb2.EnforcementActionState, "ENFORCEMENT_ACTION_STATE_", EnforcementActionState)
+LIFT = ProtoEnum(identity_pb2.LiftKind, "LIFT_KIND_", LiftKind)
+FLOW_STATE = ProtoEnum(identity_pb2.VerificationFlowState, "VERIFICATION_FLOW_STATE_", FlowState)
+FAILURE = ProtoEnum(identity_pb2.VerificationFailureReason, "VERIFICATION_FAILURE_REASON_", FailureReason)
+PURPOSE = ProtoEnum(identity_pb2.ConsentPurpose, "CONSENT_PURPOSE_", ConsentPurpose)
+RELATIONSHIP = ProtoEnum(identity_pb2.GuardianRelationship, "GUARDIAN_RELATIONSHIP_", GuardianRelationship)
 
 
 def _user(message: Any, field: str = "user") -> UserRef | None:
@@ -128,8 +95,8 @@ def action_to_proto(a: EnforcementAction) -> identity_pb2.EnforcementAction:
     return identity_pb2.EnforcementAction(
         action_id=a.action_id,
         user=_user_to_proto(a.user),
-        type=_to(*_TYPE, a.type),
-        restricted_functions=[_to(*_FUNCTION, f) for f in a.restricted_functions],
+        type=ACTION_TYPE.to_proto(a.type),
+        restricted_functions=[FUNCTION.to_proto(f) for f in a.restricted_functions],
         start_time=convert.timestamp(a.start_time),
         until_time=convert.timestamp(a.until_time),
         reason=a.reason,
@@ -137,7 +104,7 @@ def action_to_proto(a: EnforcementAction) -> identity_pb2.EnforcementAction:
         evidence_incident_ids=list(a.evidence_incident_ids),
         decided_by=a.decided_by,
         automated=a.automated,
-        state=_to(*_STATE, a.state),
+        state=ACTION_STATE.to_proto(a.state),
         end_time=convert.timestamp(a.end_time),
         ended_by=a.ended_by,
         end_reason=a.end_reason,
@@ -161,11 +128,11 @@ def account_to_proto(account: Account, now: datetime, masks: Masks = (None, None
         masked_id_number=_masked(masks[1]),
         masked_mobile=_masked(masks[2]),
         user=_user_to_proto(account.user),
-        subject_type=_to(*_SUBJECT, account.subject_type),
-        verification_level=_to(*_LEVEL, account.verification_level),
-        methods=[_to(*_METHOD, m) for m in account.methods],
+        subject_type=SUBJECT.to_proto(account.subject_type),
+        verification_level=LEVEL.to_proto(account.verification_level),
+        methods=[METHOD.to_proto(m) for m in account.methods],
         verify_time=convert.timestamp(account.verify_time),
-        status=_to(*_STATUS, account.status),
+        status=STATUS.to_proto(account.status),
         minor=age is not None,
         age_years=age or 0,
         guardian_consent_recorded=account.guardian_consent_recorded,
@@ -183,15 +150,15 @@ def flow_to_proto(f: Flow) -> identity_pb2.VerificationFlow:
     return identity_pb2.VerificationFlow(
         flow_id=f.flow_id,
         user=_user_to_proto(f.user),
-        subject_type=_to(*_SUBJECT, f.subject_type),
-        state=_to(*_FLOW_STATE, f.state),
-        level_reached=_to(*_LEVEL, f.level_reached),
-        methods=[_to(*_METHOD, m) for m in f.methods],
+        subject_type=SUBJECT.to_proto(f.subject_type),
+        state=FLOW_STATE.to_proto(f.state),
+        level_reached=LEVEL.to_proto(f.level_reached),
+        methods=[METHOD.to_proto(m) for m in f.methods],
         masked_name=_masked(f.masked_name),
         masked_id_number=_masked(f.masked_id_number),
         masked_mobile=_masked(f.masked_mobile),
         guardian_consent_required=f.guardian_consent_required,
-        failure_reason=_to(*_FAILURE, f.failure_reason),
+        failure_reason=FAILURE.to_proto(f.failure_reason),
         create_time=convert.timestamp(f.create_time),
         expire_time=convert.timestamp(f.expire_time),
         finish_time=convert.timestamp(f.finish_time),
@@ -202,7 +169,7 @@ def consent_to_proto(c: Consent) -> identity_pb2.Consent:
     return identity_pb2.Consent(
         consent_id=c.consent_id,
         user=_user_to_proto(c.user),
-        purpose=_to(*_PURPOSE, c.purpose),
+        purpose=PURPOSE.to_proto(c.purpose),
         text_version=c.text_version,
         consent_time=convert.timestamp(c.consent_time),
         withdraw_time=convert.timestamp(c.withdraw_time),
@@ -236,29 +203,29 @@ def identity_from_proto(m: identity_pb2.StartVerificationRequest) -> IdentityInp
 
 def reason_to_proto(r: IneligibilityReason) -> identity_pb2.IneligibilityReason:
     return identity_pb2.IneligibilityReason(
-        code=_to(*_CODE, r.code),
+        code=INELIGIBILITY.to_proto(r.code),
         message=r.message,
         legal_basis=_basis_to_proto(r.legal_basis),
         enforcement_action_id=r.enforcement_action_id,
         until_time=convert.timestamp(r.until_time),
-        required_level=_to(*_LEVEL, r.required_level),
+        required_level=LEVEL.to_proto(r.required_level),
     )
 
 
 def policy_to_proto(p: EligibilityPolicy) -> identity_pb2.EligibilityPolicy:
     return identity_pb2.EligibilityPolicy(
         tenant_id=p.tenant_id,
-        default_required_level=_to(*_LEVEL, p.default_required_level),
+        default_required_level=LEVEL.to_proto(p.default_required_level),
         function_requirements=[
-            identity_pb2.FunctionRequirement(function=_to(*_FUNCTION, f), required_level=_to(*_LEVEL, level))
+            identity_pb2.FunctionRequirement(function=FUNCTION.to_proto(f), required_level=LEVEL.to_proto(level))
             for f, level in p.function_requirements
         ],
         one_identity_per_account=p.one_identity_per_account,
         minor_rules=[
             identity_pb2.MinorRule(
                 under_age_years=m.under_age_years,
-                denied_functions=[_to(*_FUNCTION, f) for f in m.denied_functions],
-                night_denied_functions=[_to(*_FUNCTION, f) for f in m.night_denied_functions],
+                denied_functions=[FUNCTION.to_proto(f) for f in m.denied_functions],
+                night_denied_functions=[FUNCTION.to_proto(f) for f in m.night_denied_functions],
             )
             for m in p.minor_rules
         ],
@@ -276,17 +243,17 @@ def policy_to_proto(p: EligibilityPolicy) -> identity_pb2.EligibilityPolicy:
 
 def _functions(numbers: Any) -> tuple[Any, ...]:
     """Unknown or unspecified values become None: the use case names the field."""
-    return tuple(_from(AccountFunction, *_FUNCTION, n) for n in numbers)
+    return tuple(FUNCTION.to_domain(n) for n in numbers)
 
 
 def issue_from_proto(m: identity_pb2.IssueEnforcementActionRequest) -> IssueRequest:
     return IssueRequest(
         idempotency_key=m.idempotency_key,
         user=_user(m),
-        type=_from(EnforcementActionType, *_TYPE, m.type),
+        type=ACTION_TYPE.to_domain(m.type),
         restricted_functions=_functions(m.restricted_functions),
-        start_time=_time(m, "start_time"),
-        until_time=_time(m, "until_time"),
+        start_time=time_from_proto(m, "start_time"),
+        until_time=time_from_proto(m, "until_time"),
         reason=m.reason,
         legal_basis=tuple(LegalBasis(b.instrument, b.article, b.paragraph, b.note) for b in m.legal_basis),
         evidence_incident_ids=tuple(m.evidence_incident_ids),
@@ -301,10 +268,9 @@ def policy_update_from_proto(m: identity_pb2.UpdateEligibilityPolicyRequest) -> 
         tenant_id=p.tenant_id,
         etag=p.etag,
         paths=tuple(m.update_mask.paths),
-        default_required_level=_from(VerificationLevel, *_LEVEL, p.default_required_level),
+        default_required_level=LEVEL.to_domain(p.default_required_level),
         function_requirements=tuple(
-            (_from(AccountFunction, *_FUNCTION, r.function), _from(VerificationLevel, *_LEVEL, r.required_level))
-            for r in p.function_requirements
+            (FUNCTION.to_domain(r.function), LEVEL.to_domain(r.required_level)) for r in p.function_requirements
         ),
         one_identity_per_account=p.one_identity_per_account,
         minor_rules=tuple(
@@ -388,9 +354,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 guardian=IdentityInput(SubjectType.INDIVIDUAL, g.name, g.resident_id_number, False, g.mobile)
                 if request.HasField("guardian")
                 else None,
-                relationship=_from(GuardianRelationship, *_RELATIONSHIP, request.relationship),
+                relationship=RELATIONSHIP.to_domain(request.relationship),
                 text_version=request.consent_text_version,
-                consent_time=_time(request, "consent_time"),
+                consent_time=time_from_proto(request, "consent_time"),
             ),
         )
         return identity_pb2.RecordGuardianConsentResponse(flow=flow_to_proto(flow), consent=consent_to_proto(consent))
@@ -402,9 +368,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             current_principal(),
             request.idempotency_key,
             _user(request),
-            _from(ConsentPurpose, *_PURPOSE, request.purpose),
+            PURPOSE.to_domain(request.purpose),
             request.text_version,
-            _time(request, "consent_time"),
+            time_from_proto(request, "consent_time"),
         )
         return identity_pb2.RecordConsentResponse(consent=consent_to_proto(consent))
 
@@ -422,7 +388,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.WithdrawConsentRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.WithdrawConsentResponse:
         consent, erasure = await self._verification.withdraw_consent(
-            current_principal(), request.idempotency_key, request.consent_id, _time(request, "withdraw_time")
+            current_principal(), request.idempotency_key, request.consent_id, time_from_proto(request, "withdraw_time")
         )
         return identity_pb2.WithdrawConsentResponse(
             consent=consent_to_proto(consent), erasure=erasure_to_proto(erasure)
@@ -442,12 +408,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.CheckEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.CheckEligibilityResponse:
         answer = await self._service.check_eligibility(
-            current_principal(), _user(request), _from(AccountFunction, *_FUNCTION, request.action)
+            current_principal(), _user(request), FUNCTION.to_domain(request.action)
         )
         return identity_pb2.CheckEligibilityResponse(
             allowed=answer.allowed,
             reasons=[reason_to_proto(r) for r in answer.reasons],
-            verification_level=_to(*_LEVEL, answer.verification_level),
+            verification_level=LEVEL.to_proto(answer.verification_level),
             policy_etag=answer.policy_etag,
             evaluate_time=convert.timestamp(answer.evaluate_time),
         )
@@ -468,7 +434,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             LiftRequest(
                 idempotency_key=request.idempotency_key,
                 action_id=request.action_id,
-                kind=_from(LiftKind, *_LIFT, request.kind),
+                kind=LIFT.to_domain(request.kind),
                 reason=request.reason,
                 decided_by=request.decided_by,
                 appeal_reference=request.appeal_reference,
@@ -488,11 +454,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListEnforcementActionsRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListEnforcementActionsResponse:
         time_range = request.create_time_range
+        ranged = request.HasField("create_time_range")
         action_filter = ActionFilter(
-            states=_filter_values(EnforcementActionState, *_STATE, request.states, "states"),
-            types=_filter_values(EnforcementActionType, *_TYPE, request.types, "types"),
-            created_from=_time(time_range, "start_time") if request.HasField("create_time_range") else None,
-            created_before=_time(time_range, "end_time") if request.HasField("create_time_range") else None,
+            states=ACTION_STATE.to_domain_list(request.states, "states"),
+            types=ACTION_TYPE.to_domain_list(request.types, "types"),
+            created_from=time_from_proto(time_range, "start_time", "create_time_range.start_time") if ranged else None,
+            created_before=time_from_proto(time_range, "end_time", "create_time_range.end_time") if ranged else None,
         )
         actions, next_token = await self._service.list_actions(
             current_principal(),

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from avgate.kernel import legal
 from avgate.kernel.errors import (
     FailedPrecondition,
     FieldChecker,
@@ -33,7 +34,6 @@ from avgate.kernel.errors import (
     PermissionDenied,
 )
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
-from avgate.kernel.personal_data import contains_personal_data
 from avgate.kernel.principal import TENANT_ID, Principal, Role
 from avgate.ledger.entry import LedgerEntry
 from services.identity.domain import (
@@ -67,35 +67,19 @@ MAX_UNLOCK_REASON = 500
 MAX_KEY = 128
 MAX_USER_ID = 256
 MAX_EVIDENCE = 100
-PERSONAL_DATA = "must not hold an ID or mobile number in clear; reference or mask it"
-ART_14 = "NAVIS-2019 Art. 14"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _text(check: FieldChecker, value: str, path: str, *, max_length: int, required: bool = True) -> None:
-    if required and not value.strip():
-        check.add(path, f"must be 1 to {max_length} characters")
-    elif len(value) > max_length:
-        check.add(path, f"must be at most {max_length} characters")
-    elif contains_personal_data(value):
-        check.add(path, PERSONAL_DATA)
-
-
-def _identifier(check: FieldChecker, value: str, path: str, *, max_length: int) -> None:
-    if not value or len(value) > max_length or not value.isprintable():
-        check.add(path, f"must be 1 to {max_length} printable characters")
-    elif contains_personal_data(value):
-        check.add(path, PERSONAL_DATA)
-
-
-def _digest(document: dict[str, Any]) -> bytes:
+def request_digest(document: dict[str, Any]) -> bytes:
+    """The SHA-256 of a request's JSON (sorted keys): what an idempotency key's retry must match."""
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """UTC ISO 8601, as ledger entries carry times."""
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
@@ -111,10 +95,10 @@ def expiry_audit(action: EnforcementAction) -> LedgerEntry:
         subject_type="enforcement_action",
         subject_id=action.action_id,
         actor=Principal(role=Role.SERVICE, subject="identity", origin=expiry_origin(action)),
-        legal_basis=ART_14,
+        legal_basis=legal.ART_14,
         reason="reached its until_time",
         tenant_id=action.user.tenant_id,
-        data={"user_id": action.user.user_id, "type": action.type.value, "until_time": _iso(action.until_time)},
+        data={"user_id": action.user.user_id, "type": action.type.value, "until_time": iso(action.until_time)},
         idempotency_key=f"enforcement.expire:{action.action_id}",
         occurred_at=action.end_time,
     )
@@ -131,12 +115,36 @@ def status_audit(user: UserRef, before: AccountStatus, after: AccountStatus, now
             subject="identity",
             origin=Principal(role=Role.PROVIDER, subject=EXPIRY_ACTOR, tenant_id=user.tenant_id),
         ),
-        legal_basis=ART_14,
+        legal_basis=legal.ART_14,
         reason="an enforcement action reached its start time",
         tenant_id=user.tenant_id,
         data={"user_id": user.user_id, "from": before.value, "to": after.value},
         occurred_at=now,
     )
+
+
+def request_tenant(caller: Principal, tenant_id: str, path: str) -> str:
+    """The tenant a request may act on: the provider's own (PERMISSION_DENIED for another), any for operators."""
+    caller.require_role(Role.PROVIDER, Role.OPERATOR)
+    if caller.effective.role is Role.PROVIDER:
+        own = caller.require_tenant()
+        if tenant_id not in ("", own):
+            raise PermissionDenied(f"{path} names another tenant")
+        return own
+    if not TENANT_ID.fullmatch(tenant_id):
+        raise InvalidArgument(FieldViolation(path, "required: 2-63 of a-z, 0-9, '-'"))
+    return tenant_id
+
+
+def request_user(caller: Principal, user: UserRef | None, check: FieldChecker, path: str = "user") -> UserRef:
+    """The user a request names, in a tenant the caller may act on (violations go to `check`)."""
+    if user is None:
+        check.add(path, "must be set")
+        check.raise_if_any()
+        raise AssertionError("unreachable")
+    tenant = request_tenant(caller, user.tenant_id, f"{path}.tenant_id")
+    check.identifier(user.user_id, f"{path}.user_id", max_length=MAX_USER_ID)
+    return UserRef(tenant, user.user_id)
 
 
 class IdentityService:
@@ -151,28 +159,6 @@ class IdentityService:
     # ----------------------------------------------------------------------- who
 
     @staticmethod
-    def _tenant(caller: Principal, tenant_id: str, path: str) -> str:
-        """The tenant a request may act on: the provider's own (PERMISSION_DENIED for another), any for operators."""
-        caller.require_role(Role.PROVIDER, Role.OPERATOR)
-        if caller.effective.role is Role.PROVIDER:
-            own = caller.require_tenant()
-            if tenant_id not in ("", own):
-                raise PermissionDenied(f"{path} names another tenant")
-            return own
-        if not TENANT_ID.fullmatch(tenant_id):
-            raise InvalidArgument(FieldViolation(path, "required: 2-63 of a-z, 0-9, '-'"))
-        return tenant_id
-
-    def _user(self, caller: Principal, user: UserRef | None, check: FieldChecker, path: str = "user") -> UserRef:
-        if user is None:
-            check.add(path, "must be set")
-            check.raise_if_any()
-            raise AssertionError("unreachable")
-        tenant = self._tenant(caller, user.tenant_id, f"{path}.tenant_id")
-        _identifier(check, user.user_id, f"{path}.user_id", max_length=MAX_USER_ID)
-        return UserRef(tenant, user.user_id)
-
-    @staticmethod
     def _may_see(caller: Principal, action: EnforcementAction) -> bool:
         effective = caller.effective
         if effective.role is Role.OPERATOR:
@@ -183,7 +169,7 @@ class IdentityService:
 
     async def get_account(self, caller: Principal, user: UserRef | None) -> Account:
         check = FieldChecker()
-        ref = self._user(caller, user, check)
+        ref = request_user(caller, user, check)
         check.raise_if_any()
         account = await self._store.account(ref)
         return self._as_of(account or Account(ref), self._clock())
@@ -200,7 +186,7 @@ class IdentityService:
         self, caller: Principal, user: UserRef | None, function: AccountFunction | None
     ) -> Eligibility:
         check = FieldChecker()
-        ref = self._user(caller, user, check)
+        ref = request_user(caller, user, check)
         check.require(function is not None, "action", "must be a known function")
         check.raise_if_any()
         assert function is not None
@@ -212,8 +198,8 @@ class IdentityService:
 
     async def unlock(self, caller: Principal, user: UserRef | None, reason: str) -> Account:
         check = FieldChecker()
-        ref = self._user(caller, user, check)
-        _text(check, reason, "reason", max_length=MAX_UNLOCK_REASON)
+        ref = request_user(caller, user, check)
+        check.text(reason, "reason", max_length=MAX_UNLOCK_REASON)
         check.raise_if_any()
         now = self._clock()
         audit = LedgerEntry(
@@ -221,7 +207,7 @@ class IdentityService:
             subject_type="account",
             subject_id=f"{ref.tenant_id}/{ref.user_id}",
             actor=caller,
-            legal_basis="NAVIS-2019 Art. 8",
+            legal_basis=legal.ART_8,
             reason=reason,
             tenant_id=ref.tenant_id,
             data={"user_id": ref.user_id},
@@ -233,8 +219,8 @@ class IdentityService:
 
     def _check_issue(self, caller: Principal, request: IssueRequest, now: datetime) -> tuple[UserRef, datetime]:
         check = FieldChecker()
-        ref = self._user(caller, request.user, check)
-        _identifier(check, request.idempotency_key, "idempotency_key", max_length=MAX_KEY)
+        ref = request_user(caller, request.user, check)
+        check.identifier(request.idempotency_key, "idempotency_key", max_length=MAX_KEY)
         kind = request.type
         check.require(kind is not None, "type", "must be set")
         if kind is EnforcementActionType.FUNCTION_RESTRICTION:
@@ -251,31 +237,31 @@ class IdentityService:
                 check.add("until_time", "must be after start_time")
             elif request.until_time <= now:
                 check.add("until_time", "must be in the future")
-        _text(check, request.reason, "reason", max_length=MAX_REASON)
+        check.text(request.reason, "reason", max_length=MAX_REASON)
         if not 1 <= len(request.legal_basis) <= 20:
             check.add("legal_basis", "must name 1 to 20 provisions")
         for i, basis in enumerate(request.legal_basis):
-            _text(check, basis.instrument, f"legal_basis[{i}].instrument", max_length=64)
-            _text(check, basis.article, f"legal_basis[{i}].article", max_length=16)
-            _text(check, basis.paragraph, f"legal_basis[{i}].paragraph", max_length=16, required=False)
-            _text(check, basis.note, f"legal_basis[{i}].note", max_length=MAX_REASON, required=False)
+            check.text(basis.instrument, f"legal_basis[{i}].instrument", max_length=64)
+            check.text(basis.article, f"legal_basis[{i}].article", max_length=16)
+            check.text(basis.paragraph, f"legal_basis[{i}].paragraph", max_length=16, required=False)
+            check.text(basis.note, f"legal_basis[{i}].note", max_length=MAX_REASON, required=False)
         check.require(len(request.evidence_incident_ids) <= MAX_EVIDENCE, "evidence_incident_ids", "at most 100")
         for i, incident_id in enumerate(request.evidence_incident_ids):
-            _identifier(check, incident_id, f"evidence_incident_ids[{i}]", max_length=MAX_KEY)
-        _text(check, request.decided_by, "decided_by", max_length=MAX_DECIDED_BY)
+            check.identifier(incident_id, f"evidence_incident_ids[{i}]", max_length=MAX_KEY)
+        check.text(request.decided_by, "decided_by", max_length=MAX_DECIDED_BY)
         check.raise_if_any()
         return ref, start
 
     @staticmethod
     def _issue_hash(ref: UserRef, request: IssueRequest) -> bytes:
         assert request.type is not None
-        return _digest(
+        return request_digest(
             {
                 "user": [ref.tenant_id, ref.user_id],
                 "type": request.type.value,
                 "functions": sorted({f.value for f in request.restricted_functions if f is not None}),
-                "start_time": _iso(request.start_time),  # unset means "now": a retry later is the same request
-                "until_time": _iso(request.until_time),
+                "start_time": iso(request.start_time),  # unset means "now": a retry later is the same request
+                "until_time": iso(request.until_time),
                 "reason": request.reason,
                 "legal_basis": [b.to_json() for b in request.legal_basis],
                 "evidence": list(request.evidence_incident_ids),
@@ -331,8 +317,8 @@ class IdentityService:
                 "user_id": ref.user_id,
                 "type": action.type.value,
                 "restricted_functions": [f.value for f in action.restricted_functions],
-                "start_time": _iso(action.start_time),
-                "until_time": _iso(action.until_time),
+                "start_time": iso(action.start_time),
+                "until_time": iso(action.until_time),
                 "evidence_incident_ids": list(action.evidence_incident_ids),
                 "decided_by": action.decided_by,
                 "automated": action.automated,
@@ -352,16 +338,16 @@ class IdentityService:
     async def lift(self, caller: Principal, request: LiftRequest) -> tuple[EnforcementAction, Account]:
         caller.require_role(Role.PROVIDER, Role.OPERATOR)
         check = FieldChecker()
-        _identifier(check, request.idempotency_key, "idempotency_key", max_length=MAX_KEY)
+        check.identifier(request.idempotency_key, "idempotency_key", max_length=MAX_KEY)
         check.require(bool(request.action_id), "action_id", "must be set")
         check.require(request.kind is not None, "kind", "must be LIFT or REVERSE")
-        _text(check, request.reason, "reason", max_length=MAX_REASON)
-        _text(check, request.decided_by, "decided_by", max_length=MAX_DECIDED_BY)
-        _text(check, request.appeal_reference, "appeal_reference", max_length=MAX_KEY, required=False)
+        check.text(request.reason, "reason", max_length=MAX_REASON)
+        check.text(request.decided_by, "decided_by", max_length=MAX_DECIDED_BY)
+        check.text(request.appeal_reference, "appeal_reference", max_length=MAX_KEY, required=False)
         check.raise_if_any()
         assert request.kind is not None
         kind = request.kind
-        digest = _digest(
+        digest = request_digest(
             {
                 "kind": kind.value,
                 "reason": request.reason,
@@ -402,7 +388,7 @@ class IdentityService:
                 subject_type="enforcement_action",
                 subject_id=current.action_id,
                 actor=caller,
-                legal_basis=ART_14,
+                legal_basis=legal.ART_14,
                 reason=request.reason,
                 tenant_id=current.user.tenant_id,
                 data={
@@ -441,7 +427,7 @@ class IdentityService:
         page_token: str,
     ) -> tuple[builtins.list[EnforcementAction], str]:
         check = FieldChecker()
-        ref = self._user(caller, user, check)
+        ref = request_user(caller, user, check)
         check_page_size(check, page_size)
         if action_filter.created_from is not None and action_filter.created_before is not None:
             check.require(
@@ -470,10 +456,10 @@ class IdentityService:
     # ----------------------------------------------------------------------- the policy
 
     async def get_policy(self, caller: Principal, tenant_id: str) -> EligibilityPolicy:
-        return await self._store.policy(self._tenant(caller, tenant_id, "tenant_id"))
+        return await self._store.policy(request_tenant(caller, tenant_id, "tenant_id"))
 
     async def update_policy(self, caller: Principal, update: PolicyUpdate) -> EligibilityPolicy:
-        tenant = self._tenant(caller, update.tenant_id, "policy.tenant_id")
+        tenant = request_tenant(caller, update.tenant_id, "policy.tenant_id")
         check = FieldChecker()
         paths = update.paths or POLICY_FIELDS
         for i, path in enumerate(update.paths):
@@ -536,7 +522,7 @@ class IdentityService:
                 subject_type="eligibility_policy",
                 subject_id=tenant,
                 actor=caller,
-                legal_basis="NAVIS-2019 Art. 7, 8",
+                legal_basis=legal.ART_7_8,
                 tenant_id=tenant,
                 data={"paths": sorted(paths), "etag": new.etag},
                 idempotency_key=f"eligibility_policy.update:{tenant}:{new.revision}",

@@ -20,10 +20,12 @@ from sqlalchemy import and_, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from avgate.kernel.db import violated_constraint
+from avgate.kernel.legal import LegalBasis
 from avgate.kernel.paging import Cursor
 from avgate.kernel.principal import Principal
 from avgate.ledger.append import append as ledger_append
-from avgate.ledger.entry import LedgerEntry
+from avgate.ledger.entry import LedgerEntry, canonical_bytes
 from services.identity.domain import (
     Account,
     AccountFunction,
@@ -34,7 +36,6 @@ from services.identity.domain import (
     EnforcementActionState,
     EnforcementActionType,
     EnforcementEvent,
-    LegalBasis,
     Lockout,
     MinorRule,
     NightWindow,
@@ -246,6 +247,14 @@ def _of_user(user: UserRef) -> Any:
     return and_(c.tenant_id == user.tenant_id, c.user_id == user.user_id)
 
 
+async def active_actions(conn: AsyncConnection, user: UserRef) -> list[EnforcementAction]:
+    """The user's ACTIVE actions in the order they were issued, in the caller's transaction."""
+    c = enforcement_actions.c
+    query = select(enforcement_actions).where(_of_user(user), _ACTIVE).order_by(c.create_time, c.action_id)
+    rows = (await conn.execute(query)).mappings().all()
+    return [_action_from_row(r) for r in rows]
+
+
 # --------------------------------------------------------------------------- the SQL store
 
 
@@ -257,20 +266,6 @@ class SqlIdentityStore:
 
     # ----------------------------------------------------------------- reads
 
-    @staticmethod
-    async def _active_actions(conn: AsyncConnection, user: UserRef) -> list[EnforcementAction]:
-        c = enforcement_actions.c
-        rows = (
-            (
-                await conn.execute(
-                    select(enforcement_actions).where(_of_user(user), _ACTIVE).order_by(c.create_time, c.action_id)
-                )
-            )
-            .mappings()
-            .all()
-        )
-        return [_action_from_row(r) for r in rows]
-
     @classmethod
     async def _account(cls, conn: AsyncConnection, user: UserRef, *, lock: bool = False) -> Account | None:
         query = select(accounts).where(accounts.c.tenant_id == user.tenant_id, accounts.c.user_id == user.user_id)
@@ -279,7 +274,7 @@ class SqlIdentityStore:
         row = (await conn.execute(query)).mappings().first()
         if row is None:
             return None
-        return _account_from_row(row, await cls._active_actions(conn, user))
+        return _account_from_row(row, await active_actions(conn, user))
 
     async def account(self, user: UserRef) -> Account | None:
         async with self._engine.connect() as conn:
@@ -303,7 +298,7 @@ class SqlIdentityStore:
             account_row = {c.name: row[f"a_{c.name}"] for c in a.columns}
             account = None
             if account_row["tenant_id"] is not None:
-                account = _account_from_row(account_row, await self._active_actions(conn, user))
+                account = _account_from_row(account_row, await active_actions(conn, user))
         if policy_row["tenant_id"] is None:
             return account, EligibilityPolicy(user.tenant_id)
         policy = _policy_from_row(policy_row)
@@ -394,7 +389,7 @@ class SqlIdentityStore:
                 await report_enforcement(conn, action, EnforcementEvent.ISSUE, now, origin)
         except sqlalchemy.exc.IntegrityError as exc:
             # Only the idempotency key can collide: action ids are random.
-            if "enforcement_actions_tenant_idempotency_key" not in str(exc.orig):
+            if violated_constraint(exc) != "enforcement_actions_tenant_idempotency_key":
                 raise
             raise IdempotencyKeyTaken(action.idempotency_key) from exc
         return account
@@ -479,7 +474,7 @@ class SqlIdentityStore:
                     )
                 await ledger_append(conn, audit)
         except sqlalchemy.exc.IntegrityError as exc:
-            if "eligibility_policies_pkey" not in str(exc.orig):
+            if violated_constraint(exc) != "eligibility_policies_pkey":
                 raise
             raise PolicyChangedConcurrently(tenant_id) from exc
         return new
@@ -585,4 +580,211 @@ class SqlIdentityStore:
             for action in expired:
                 await ledger_append(conn, audit_for(action))
                 await report_enforcement(conn, action, EnforcementEvent.EXPIRE, now, origin_for(action))
+        return expired
+
+
+# --------------------------------------------------------------------------- the in-memory store
+
+
+@dataclass(frozen=True)
+class Reported:
+    """An enforcement event the in-memory store handed to reporting (the SQL store queues an incident)."""
+
+    action: EnforcementAction
+    event: EnforcementEvent
+    origin: Principal
+
+
+@dataclass
+class _AccountRecord:
+    account: Account
+    update_time: datetime
+
+
+class InMemoryIdentityStore:
+    """The fake the unit tests run the use cases against; the contract suite holds it to the SQL store.
+
+    The ledger entries the SQL store appends land in `ledger`, the incidents it
+    queues for reporting in `reported`.
+    """
+
+    def __init__(self) -> None:
+        self._accounts: dict[UserRef, _AccountRecord] = {}
+        self._actions: dict[str, EnforcementAction] = {}
+        self._policies: dict[str, EligibilityPolicy] = {}
+        self.ledger: builtins.list[LedgerEntry] = []
+        self.reported: builtins.list[Reported] = []
+
+    def put_account(self, account: Account, now: datetime) -> None:
+        """Records an account as verification would have left it (for tests; its actions come from issue)."""
+        self._accounts[account.user] = _AccountRecord(replace(account, active_actions=()), now)
+
+    # ----------------------------------------------------------------- reads
+
+    def _active(self, user: UserRef) -> builtins.list[EnforcementAction]:
+        found = [a for a in self._actions.values() if a.user == user and a.state is EnforcementActionState.ACTIVE]
+        return sorted(found, key=lambda a: (a.create_time, a.action_id))
+
+    def _account(self, user: UserRef) -> Account | None:
+        record = self._accounts.get(user)
+        if record is None:
+            return None
+        return replace(record.account, active_actions=tuple(self._active(user)))
+
+    async def account(self, user: UserRef) -> Account | None:
+        return self._account(user)
+
+    async def eligibility_inputs(self, user: UserRef) -> tuple[Account | None, EligibilityPolicy]:
+        return self._account(user), self._policies.get(user.tenant_id, EligibilityPolicy(user.tenant_id))
+
+    async def policy(self, tenant_id: str) -> EligibilityPolicy:
+        return self._policies.get(tenant_id, EligibilityPolicy(tenant_id))
+
+    async def find_action_by_key(self, tenant_id: str, idempotency_key: str) -> EnforcementAction | None:
+        return next(
+            (
+                a
+                for a in self._actions.values()
+                if a.user.tenant_id == tenant_id and a.idempotency_key == idempotency_key
+            ),
+            None,
+        )
+
+    async def get_action(self, action_id: str) -> EnforcementAction | None:
+        return self._actions.get(action_id)
+
+    async def list_actions(
+        self, user: UserRef, action_filter: ActionFilter, *, after: Cursor | None, limit: int
+    ) -> builtins.list[EnforcementAction]:
+        f = action_filter
+
+        def wanted(a: EnforcementAction) -> bool:
+            return (
+                a.user == user
+                and (not f.states or a.state in f.states)
+                and (not f.types or a.type in f.types)
+                and (f.created_from is None or a.create_time >= f.created_from)
+                and (f.created_before is None or a.create_time < f.created_before)
+                and (after is None or (a.create_time, a.action_id) < after)
+            )
+
+        found = sorted(filter(wanted, self._actions.values()), key=lambda a: (a.create_time, a.action_id), reverse=True)
+        return found[:limit]
+
+    # ----------------------------------------------------------------- writes
+
+    def _ensure_account(self, user: UserRef, now: datetime) -> None:
+        if user not in self._accounts:
+            self._accounts[user] = _AccountRecord(Account(user), now)
+
+    def _refresh_status(self, user: UserRef, now: datetime) -> Account:
+        record = self._accounts[user]
+        status = status_from(self._active(user), now, erased=record.account.status is AccountStatus.ERASED)
+        if status is not record.account.status:
+            record.account = replace(record.account, status=status)
+            record.update_time = now
+        account = self._account(user)
+        assert account is not None
+        return account
+
+    def _record(self, audit: LedgerEntry) -> None:
+        canonical_bytes(audit)  # refuses what the real ledger would refuse
+        self.ledger.append(audit)
+
+    async def issue(self, action: EnforcementAction, audit: LedgerEntry, origin: Principal, now: datetime) -> Account:
+        if await self.find_action_by_key(action.user.tenant_id, action.idempotency_key) is not None:
+            raise IdempotencyKeyTaken(action.idempotency_key)
+        canonical_bytes(audit)
+        self._ensure_account(action.user, now)
+        self._actions[action.action_id] = action
+        account = self._refresh_status(action.user, now)
+        self._record(audit)
+        self.reported.append(Reported(action, EnforcementEvent.ISSUE, origin))
+        return account
+
+    async def end_action(
+        self,
+        action_id: str,
+        decide: Callable[[EnforcementAction], Ended | None],
+        origin: Principal,
+        now: datetime,
+    ) -> tuple[EnforcementAction, Account] | None:
+        current = self._actions.get(action_id)
+        if current is None:
+            return None
+        self._ensure_account(current.user, now)
+        ended = decide(current)
+        if ended is None:
+            account = self._account(current.user)
+            assert account is not None
+            return current, account
+        canonical_bytes(ended.audit)
+        self._actions[action_id] = ended.action
+        account = self._refresh_status(current.user, now)
+        self._record(ended.audit)
+        self.reported.append(Reported(ended.action, ended.event, origin))
+        return ended.action, account
+
+    async def unlock(self, user: UserRef, audit: LedgerEntry, now: datetime) -> Account:
+        canonical_bytes(audit)
+        self._ensure_account(user, now)
+        record = self._accounts[user]
+        record.account = replace(record.account, lockout=None)
+        record.update_time = now
+        self._record(audit)
+        account = self._account(user)
+        assert account is not None
+        return account
+
+    async def update_policy(
+        self, tenant_id: str, decide: Callable[[EligibilityPolicy], tuple[EligibilityPolicy, LedgerEntry]]
+    ) -> EligibilityPolicy:
+        new, audit = decide(await self.policy(tenant_id))
+        canonical_bytes(audit)
+        self._policies[tenant_id] = new
+        self._record(audit)
+        return new
+
+    async def start_due(
+        self, now: datetime, limit: int, audit_for: Callable[[UserRef, AccountStatus, AccountStatus], LedgerEntry]
+    ) -> int:
+        def started(user: UserRef, record: _AccountRecord) -> bool:
+            return any(now >= a.start_time > record.update_time for a in self._active(user))
+
+        users = sorted((u for u, r in self._accounts.items() if started(u, r)), key=lambda u: (u.tenant_id, u.user_id))[
+            :limit
+        ]
+        for user in users:
+            before = self._accounts[user].account.status
+            after = self._refresh_status(user, now).status
+            self._accounts[user].update_time = now  # worked out now, whether or not it changed: not again
+            if after is not before:
+                self._record(audit_for(user, before, after))
+        return len(users)
+
+    async def expire_due(
+        self,
+        now: datetime,
+        limit: int,
+        audit_for: Callable[[EnforcementAction], LedgerEntry],
+        origin_for: Callable[[EnforcementAction], Principal],
+    ) -> builtins.list[EnforcementAction]:
+        due = sorted(
+            (
+                a
+                for a in self._actions.values()
+                if a.state is EnforcementActionState.ACTIVE and a.until_time is not None and a.until_time <= now
+            ),
+            key=lambda a: (a.until_time or now, a.action_id),
+        )[:limit]
+        expired = [
+            replace(a, state=EnforcementActionState.EXPIRED, end_time=a.until_time, ended_by=EXPIRY_ACTOR) for a in due
+        ]
+        for action in expired:
+            self._actions[action.action_id] = action
+        for user in sorted({a.user for a in expired}, key=lambda u: (u.tenant_id, u.user_id)):
+            self._refresh_status(user, now)
+        for action in expired:
+            self._record(audit_for(action))
+            self.reported.append(Reported(action, EnforcementEvent.EXPIRE, origin_for(action)))
         return expired

@@ -27,9 +27,8 @@ def vault_and_indexer(settings: IdentitySettings) -> tuple[Vault, BlindIndexer]:
 
 
 def code_keys(settings: IdentitySettings) -> HashKeyRing:
-    if settings.code_hash_key_file is not None:
-        return HashKeyRing.load(settings.code_hash_key_file)
-    return HashKeyRing.load_or_generate(settings.own_code_hash_key_file)
+    """The one-time-code hash keys from their key file (avgate.kernel.keyring, like the vault's keys)."""
+    return HashKeyRing.from_key_file(settings.code_hash_keys())
 
 
 def one_time_codes(

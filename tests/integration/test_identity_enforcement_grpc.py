@@ -436,6 +436,14 @@ class TestIssuing:
         assert await identity.sql("select 1 from identity.enforcement_actions where tenant_id = %s", tenant) == []
         assert await identity.sql("select 1 from identity.accounts where tenant_id = %s", tenant) == []
 
+    async def test_a_time_outside_what_a_timestamp_holds_names_the_field(self, identity: Identity, tenant: str) -> None:
+        request = issue_request(tenant, type=identity_pb2.ENFORCEMENT_ACTION_TYPE_SUSPENSION_OF_UPDATING)
+        request.until_time.seconds = 253_402_300_800  # 10000-01-01T00:00:00Z
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await identity.call("IssueEnforcementAction", request, provider(tenant))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert violated_fields(refused.value) == {"until_time"}
+
     async def test_lift_writes_ledger_and_incident_and_only_active_actions_can_be_lifted(
         self, identity: Identity, tenant: str
     ) -> None:

@@ -1,0 +1,1 @@
+"""Real-name verification: flows, consents and erasure (domain, store, service)."""
