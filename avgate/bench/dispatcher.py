@@ -47,6 +47,7 @@ from avgate.kernel.db import (
     role_url,
 )
 from avgate.kernel.keys import generate_key_pair
+from avgate.kernel.legal import NAVIS
 from avgate.kernel.principal import Principal, Role
 from services.reporting.domain import IncidentCategory, IncidentInput, IncidentSource, LegalBasis
 from services.reporting.incidents import IncidentService
@@ -102,7 +103,7 @@ async def _queue_reports(reporting_url: str, count: int, round_id: str) -> float
                         category=IncidentCategory.RUMOR,
                         source=IncidentSource.SCREENING,
                         facts="A refuted claim was spread in a live stream; transmission stopped.",
-                        legal_basis=(LegalBasis("NAVIS-2019", "13"),),
+                        legal_basis=(LegalBasis(NAVIS, "13"),),
                         region_code="110105",
                     )
                     for n in range(start, min(count, start + BATCH))
