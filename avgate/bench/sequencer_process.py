@@ -36,7 +36,7 @@ async def main(sequencer_url: str, watch_url: str, skey_file: str, origin: str, 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    signer = NoteSigner.from_skey(pathlib.Path(skey_file).read_text().strip())
+    signer = NoteSigner.from_skey_file(pathlib.Path(skey_file))
     sequencer = Sequencer(sequencer_url, signer, origin, poll_interval=0.05)
     seen: list[tuple[float, int]] = []
     print("ready", flush=True)
