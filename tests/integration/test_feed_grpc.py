@@ -31,6 +31,7 @@ from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
+from services.reporting.feed.writer import FeedWriter
 from services.reporting.incidents.domain import IncidentFilter, IncidentStatus
 from services.reporting.incidents.store import set_incident_status
 from tests.conftest import Database
@@ -266,7 +267,11 @@ class TestOrderAndResumption:
         try:
             async with engine.begin() as conn:
                 await set_incident_status(
-                    conn, {incident_id: IncidentStatus.DELIVERED}, actor=OPERATOR, reason="delivered"
+                    conn,
+                    {incident_id: IncidentStatus.DELIVERED},
+                    actor=OPERATOR,
+                    reason="delivered",
+                    change_log=FeedWriter(),
                 )
         finally:
             await engine.dispose()
