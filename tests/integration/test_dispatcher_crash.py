@@ -42,7 +42,7 @@ from services.reporting.incidents import IncidentService
 from services.reporting.store import FeedWriter, SqlIncidentStore
 from tests.conftest import REPO, Database
 from tests.integration.authority_server import AuthorityServer
-from tests.integration.test_incidents_grpc import provider
+from tests.support import provider
 
 REPORTS = 40
 ANSWERED_BEFORE_HOLDING = 10

@@ -34,8 +34,7 @@ from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
 from services.reporting.incident_status import set_incident_status
 from tests.conftest import Database
-from tests.integration.test_incidents_grpc import incident_input, provider, regulator
-from tests.support import admin_sql, details, ledger_entries
+from tests.support import admin_sql, details, incident_input, ledger_entries, provider, regulator
 
 ORIGIN = "avgate.test/feed"
 OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
