@@ -35,8 +35,7 @@ from services.reporting.feed.writer import FeedWriter
 from services.reporting.incidents.domain import IncidentFilter, IncidentStatus
 from services.reporting.incidents.store import set_incident_status
 from tests.conftest import Database
-from tests.integration.test_incidents_grpc import incident_input, provider, regulator
-from tests.support import admin_sql, details, ledger_entries
+from tests.support import admin_sql, details, incident_input, ledger_entries, provider, regulator
 
 ORIGIN = "avgate.test/feed"
 OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")

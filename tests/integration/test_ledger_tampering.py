@@ -22,7 +22,6 @@ import psycopg
 import pytest
 
 from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, create_database, drop_database, libpq_url, role_url
-from avgate.kernel.principal import Principal, Role
 from avgate.ledger import merkle
 from avgate.ledger.append import append
 from avgate.ledger.checkpoint import Checkpoint, NoteSigner, open_checkpoint, sign_checkpoint
@@ -41,11 +40,12 @@ from avgate.ledger.verify_report import (
 )
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
+from tests.support import provider, service
 
 pytestmark = pytest.mark.db
 
 ORIGIN = "test.example/ledger"
-ACTOR = Principal(Role.SERVICE, "gateway", origin=Principal(Role.PROVIDER, "key-1", tenant_id="tenant-1"))
+ACTOR = service("gateway", origin=provider("tenant-1", subject="key-1", request_id=""))
 BATCHES = (7, 9, 6, 10, 8)
 HEAD_SIZES = (7, 16, 22, 32, 40)
 SIZE = 40
