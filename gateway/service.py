@@ -51,9 +51,17 @@ def _now() -> datetime:
 
 
 class ApiKeyService:
-    def __init__(self, store: ApiKeyStore, clock: Callable[[], datetime] = _now, cache_seconds: float = 0.0):
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        clock: Callable[[], datetime] = _now,
+        cache_seconds: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self._store = store
         self._clock = clock
+        # Elapsed time for the cache and last-use throttling: injected so tests step it, never sleep.
+        self._monotonic = monotonic
         self._last_touched: dict[str, float] = {}
         # Key records read for authentication, reused for cache_seconds so a call does not
         # cost a database round trip. Revoking or rotating here evicts at once; another
@@ -223,12 +231,12 @@ class ApiKeyService:
         if self._cache_seconds <= 0:
             return await self._store.get(key_id)
         hit = self._cache.get(key_id)
-        if hit is not None and time.monotonic() - hit[0] < self._cache_seconds:
+        if hit is not None and self._monotonic() - hit[0] < self._cache_seconds:
             return hit[1]
         stored = await self._store.get(key_id)
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()  # unknown ids probed at random must not grow memory without bound
-        self._cache[key_id] = (time.monotonic(), stored)
+        self._cache[key_id] = (self._monotonic(), stored)
         return stored
 
     async def active_development_keys(self) -> builtins.list[ApiKey]:
@@ -236,9 +244,9 @@ class ApiKeyService:
 
     async def _touch(self, stored: StoredApiKey, now: datetime) -> None:
         last = self._last_touched.get(stored.key.key_id)
-        if last is not None and time.monotonic() - last < LAST_USED_RESOLUTION_SECONDS:
+        if last is not None and self._monotonic() - last < LAST_USED_RESOLUTION_SECONDS:
             return
-        self._last_touched[stored.key.key_id] = time.monotonic()
+        self._last_touched[stored.key.key_id] = self._monotonic()
         # Only the last-use column: saving the whole record read above could undo a revoke or rotate made meanwhile.
         await self._store.record_use(stored.key.key_id, now)
 

@@ -30,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
-from sqlalchemy import MetaData, text
+from sqlalchemy import text
 
 from avgate.kernel.db import create_engine_for, libpq_url, sync_engine
 from avgate.kernel.deliveries import FileDropDelivery, HttpJsonDelivery, document_payload, verify_document
@@ -47,15 +47,18 @@ from avgate.kernel.outbox import (
     RetryableDeliveryError,
     backoff_delay,
     enqueue,
-    outbox_table,
     replay_dead,
     sign_delivery,
     verify_delivery,
 )
+from services.complaints.models import SCHEMA as COMPLAINTS_SCHEMA
 from tests.conftest import Database, free_port
 from tests.integration.authority_server import AuthorityServer
 
-SCHEMA = "outbox_test"
+# The outbox of a real service schema, built by its Alembic migrations and used with its own role,
+# as in production: complaints' (it has nothing else yet, so no other rows are disturbed).
+SCHEMA = COMPLAINTS_SCHEMA
+OWNER = "complaints"
 DESTINATION = "authority:cyberspace"
 
 
@@ -133,19 +136,13 @@ def endpoint() -> Iterator[Endpoint]:
 
 @pytest.fixture(scope="module")
 def outbox_db(database: Database) -> Database:
-    """The module's database with an outbox and a stand-in business table in `outbox_test`.
-
-    create_all only for this scaffold: real services create their outbox
-    table through their own Alembic migrations (from `outbox_table`).
-    """
-    engine = sync_engine(database.admin_url)
+    """The module's database (every schema migrated) with a stand-in business table beside
+    complaints' migrated outbox, created by the complaints role itself: a change and its event
+    commit together in the service's own schema, with the service's own privileges."""
+    engine = sync_engine(database.url_for(OWNER))
     try:
-        with engine.connect() as conn:
-            conn.execute(text(f"create schema {SCHEMA}"))
+        with engine.begin() as conn:
             conn.execute(text(f"create table {SCHEMA}.business (id uuid primary key, note text not null)"))
-        metadata = MetaData(schema=SCHEMA)
-        outbox_table(metadata)
-        metadata.create_all(engine)
     finally:
         engine.dispose()
     return database
@@ -153,13 +150,15 @@ def outbox_db(database: Database) -> Database:
 
 @pytest.fixture
 async def db(outbox_db: Database) -> Database:
-    async with await psycopg.AsyncConnection.connect(libpq_url(outbox_db.admin_url), autocommit=True) as conn:
-        await conn.execute(f"truncate {SCHEMA}.outbox, {SCHEMA}.business")
+    async with await psycopg.AsyncConnection.connect(libpq_url(outbox_db.url_for(OWNER)), autocommit=True) as conn:
+        await conn.execute(f"delete from {SCHEMA}.outbox")
+        await conn.execute(f"delete from {SCHEMA}.business")
     return outbox_db
 
 
 def url(db: Database) -> str:
-    return libpq_url(db.admin_url)
+    """The service role's URL: the dispatcher runs with the privileges it has in production."""
+    return libpq_url(db.url_for(OWNER))
 
 
 async def rows(db: Database) -> dict[uuid.UUID, dict[str, Any]]:
@@ -226,7 +225,7 @@ class MaxJitter(random.Random):
 @pytest.mark.db
 class TestEnqueue:
     async def test_event_commits_with_the_business_change(self, db: Database) -> None:
-        engine = create_engine_for(db.admin_url)
+        engine = create_engine_for(db.url_for(OWNER))
         ev = event(1)
         try:
             async with engine.connect() as conn, conn.begin():
@@ -262,7 +261,7 @@ class TestEnqueue:
         async with await psycopg.AsyncConnection.connect(url(db), autocommit=True) as conn:
             with pytest.raises(RuntimeError, match="open transaction"):
                 await enqueue(conn, event(4), schema=SCHEMA)
-        engine = create_engine_for(db.admin_url)
+        engine = create_engine_for(db.url_for(OWNER))
         try:
             async with engine.connect() as conn:
                 with pytest.raises(RuntimeError, match="open transaction"):
@@ -397,7 +396,8 @@ class TestDispatch:
     async def test_expired_lease_is_taken_over_by_another_replica(self, db: Database, endpoint: Endpoint) -> None:
         ev = event(17)
         await enqueue_committed(db, ev)
-        crashed = dispatcher(db, endpoint, lease_seconds=1.0, name="crashed")
+        # The lease is long against the 0.5 s look below, so a slow machine cannot let it expire meanwhile.
+        crashed = dispatcher(db, endpoint, lease_seconds=3.0, name="crashed")
         async with await psycopg.AsyncConnection.connect(url(db), autocommit=True) as conn:
             (claimed,) = await crashed.claim(conn, 10)
         claimed_at = time.monotonic()
@@ -406,9 +406,9 @@ class TestDispatch:
         async with running(dispatcher(db, endpoint, name="survivor")):
             await asyncio.sleep(0.5)
             assert endpoint.seen == [], "a leased row must not be delivered by another replica"
-            await wait_until(lambda: state_is(db, ev.event_id, "delivered"), 5, "takeover")
+            await wait_until(lambda: state_is(db, ev.event_id, "delivered"), 10, "takeover")
         (call,) = endpoint.seen
-        assert call.at - claimed_at >= 0.9 and call.document["attempt"] == 2
+        assert call.at - claimed_at >= 2.9 and call.document["attempt"] == 2
         # The crashed dispatcher's late outcome does not overwrite the later attempt's.
         late = await crashed.attempt(claimed)
         async with await psycopg.AsyncConnection.connect(url(db), autocommit=True) as conn:

@@ -81,8 +81,27 @@ def drain_delay() -> float:
     return 0.0
 
 
+class HeldDrain:
+    """Stands in for the drain's sleep: holds it open until the test releases it."""
+
+    def __init__(self) -> None:
+        self.requested: list[float] = []
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.requested.append(seconds)
+        self.entered.set()
+        await self.release.wait()
+
+
 @pytest.fixture
-async def server(keys_dir: pathlib.Path, drain_delay: float) -> AsyncIterator[Server]:
+def drain_wait() -> HeldDrain:
+    return HeldDrain()
+
+
+@pytest.fixture
+async def server(keys_dir: pathlib.Path, drain_delay: float, drain_wait: HeldDrain) -> AsyncIterator[Server]:
     global CONTROL
     CONTROL = Control()
     settings = IdentitySettings(
@@ -97,10 +116,11 @@ async def server(keys_dir: pathlib.Path, drain_delay: float) -> AsyncIterator[Se
     registration = ServiceRegistration(
         SlowIdentity(), identity_pb2_grpc.add_IdentityServiceServicer_to_server, [SERVICE]
     )
-    async with serve(service_process(settings, [registration])) as served:
+    async with serve(service_process(settings, [registration], drain_wait=drain_wait)) as served:
         try:
             yield Server(served.process, served.channel, signer(keys_dir))
         finally:
+            drain_wait.release.set()
             if CONTROL.hold is not None:
                 CONTROL.hold.set()
 
@@ -147,15 +167,20 @@ class TestGracefulDrain:
 
 
 class TestDrainDelay:
-    @pytest.mark.parametrize("drain_delay", [1.0], ids=["one-second"])
-    async def test_health_answers_not_serving_over_the_wire_before_the_listener_closes(self, server: Server) -> None:
+    @pytest.mark.parametrize("drain_delay", [30.0], ids=["thirty-seconds"])
+    async def test_health_answers_not_serving_over_the_wire_before_the_listener_closes(
+        self, server: Server, drain_wait: HeldDrain
+    ) -> None:
         health = health_pb2_grpc.HealthStub(server.channel)
         assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
         stopping = asyncio.create_task(server.process.stop())
-        await asyncio.sleep(0.2)
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        await asyncio.wait_for(drain_wait.entered.wait(), 5)  # draining: the delay is being waited out
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        await stopping
+        assert not stopping.done(), "the listener stays open for the whole drain delay"
+        drain_wait.release.set()
+        await asyncio.wait_for(stopping, 10)
+        assert drain_wait.requested == [30.0]
 
     async def test_metrics_endpoint_closes_with_the_process(self, server: Server) -> None:
         import urllib.error

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from avgate.kernel.errors import Unauthenticated
@@ -25,9 +23,21 @@ class CountingStore(InMemoryApiKeyStore):
         return await super().get(key_id)
 
 
-async def _service_with_key(cache_seconds: float) -> tuple[ApiKeyService, CountingStore, str, str]:
+class SteppedClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+async def _service_with_key(
+    cache_seconds: float, monotonic: SteppedClock | None = None
+) -> tuple[ApiKeyService, CountingStore, str, str]:
     store = CountingStore()
-    service = ApiKeyService(store, cache_seconds=cache_seconds)
+    service = ApiKeyService(store, cache_seconds=cache_seconds, monotonic=monotonic or SteppedClock())
     created = await service.create(
         OPERATOR, display_name="k", role=Role.PROVIDER, tenant_id="acme", regulator_scope=None, ttl=None
     )
@@ -61,14 +71,24 @@ class TestKeyCache:
         assert (await service.authenticate(rotated.secret)).key_id == key_id
 
     async def test_revoke_by_another_replica_applies_once_the_cache_time_passes(self) -> None:
-        service, store, key_id, secret = await _service_with_key(cache_seconds=0.05)
+        elapsed = SteppedClock()
+        service, store, key_id, secret = await _service_with_key(cache_seconds=5, monotonic=elapsed)
         other_replica = ApiKeyService(store)
         await service.authenticate(secret)
         await other_replica.revoke(OPERATOR, key_id=key_id, reason="leaked")
-        await service.authenticate(secret)  # still cached here
-        await asyncio.sleep(0.1)
+        elapsed.seconds += 4.9
+        await service.authenticate(secret)  # still cached here, just inside the cache time
+        elapsed.seconds += 0.1
         with pytest.raises(Unauthenticated):
             await service.authenticate(secret)
+
+    async def test_the_cache_time_is_measured_from_the_read_not_from_each_use(self) -> None:
+        elapsed = SteppedClock()
+        service, store, _, secret = await _service_with_key(cache_seconds=5, monotonic=elapsed)
+        for _ in range(4):
+            await service.authenticate(secret)
+            elapsed.seconds += 2
+        assert store.gets == 2  # read at 0 s, reused at 2 and 4 s, read again at 6 s
 
     async def test_wrong_secret_for_a_cached_key_is_refused(self) -> None:
         service, _, key_id, secret = await _service_with_key(cache_seconds=60)

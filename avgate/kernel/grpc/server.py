@@ -67,6 +67,8 @@ class GrpcProcess:
     # the stop event, is started after the server and awaited on shutdown.
     background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = ()
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # How the drain delay is waited out; injected so a test holds the drain open instead of racing a timer.
+    drain_wait: Callable[[float], Awaitable[None]] = asyncio.sleep
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     port: int = 0
     metrics_port: int = 0
@@ -132,7 +134,7 @@ class GrpcProcess:
             await self.health_servicer.enter_graceful_shutdown()
         if self.options.drain_delay_seconds > 0:
             # Keep answering (NOT_SERVING on health) so balancers see it before the listener closes.
-            await asyncio.sleep(self.options.drain_delay_seconds)
+            await self.drain_wait(self.options.drain_delay_seconds)
         await server.stop(self.options.shutdown_grace_seconds)
         self._stop_background.set()
         if self._tasks:
