@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import sys
-
 from avgate.kernel.grpc.server import ServerOptions
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TokenSigner
 from avgate.kernel.process import server_options
-from avgate.kernel.settings import Environment
+from avgate.kernel.settings import Environment, ProductionProfileError
 from gateway.config import GatewaySettings
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream, build_upstreams
 
 
 async def refuse_development_keys_in_production(settings: GatewaySettings, keys: ApiKeyService) -> None:
-    """Exits when the production profile finds development API keys still active."""
+    """Refuses (ProductionProfileError: exit 78, like every other stand-in) when the production
+    profile finds development API keys still active in the gateway's database."""
     if settings.env is not Environment.PRODUCTION:
         return
     development = await keys.active_development_keys()
     if development:
         ids = ", ".join(k.key_id for k in development)
-        sys.exit(f"gateway refuses to start with AVGATE_ENV=production while development API keys are active: {ids}")
+        raise ProductionProfileError(
+            settings.process_name, [f"development API keys are active: {ids}; revoke them (avgate keys revoke)"]
+        )
 
 
 def token_signer(settings: GatewaySettings) -> TokenSigner:

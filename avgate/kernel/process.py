@@ -71,4 +71,8 @@ def run(settings_cls: type[S], compose: Callable[[S], Awaitable[GrpcProcess]]) -
         process = await compose(settings)
         await process.run_until_signalled()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ProductionProfileError as exc:  # found while composing (the gateway's development keys)
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(78) from exc
