@@ -40,6 +40,10 @@ proto: $(STAMP_DEPS) ## Generate Python code from protos/ (never edit the output
 	$(BIN)/python scripts/gen_protos.py
 	touch $(STAMP_PROTO)
 
+.PHONY: docs
+docs: install ## Regenerate docs/configuration.md from the settings classes
+	$(BIN)/python scripts/gen_config_docs.py
+
 .PHONY: run
 run: install ## Run the whole local stack (embedded PostgreSQL unless DATABASE_URL is set)
 	$(BIN)/avgate run

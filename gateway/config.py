@@ -14,18 +14,25 @@ class GatewaySettings(ProcessSettings):
     process_name: ClassVar[str] = "gateway"
 
     grpc_port: int = 50051
+    """The gateway's gRPC port, the one clients call."""
     metrics_port: int = 9460
+    """The gateway's Prometheus metrics port (HTTP /metrics)."""
     identity_target: str = "127.0.0.1:50061"
+    """identity's gRPC address (host:port)."""
     screening_target: str = "127.0.0.1:50062"
+    """screening's gRPC address (host:port)."""
     reporting_target: str = "127.0.0.1:50063"
+    """reporting's gRPC address (host:port)."""
     complaints_target: str = "127.0.0.1:50064"
-    # Deadline given to a unary call whose caller set none (Envoy's route default).
+    """complaints' gRPC address (host:port)."""
     default_timeout_seconds: float = 15.0
-    # How long an authenticated key record is reused before it is read again. A revoke or
-    # rotate through this gateway applies at once; through another replica, within this time.
+    """Deadline given to a unary call whose caller set none, in seconds (Envoy's route default)."""
     key_cache_seconds: float = 5.0
-    # Development API keys (one per role) are a local stand-in.
+    """How long an authenticated API key record is reused before it is read again, in seconds. A revoke or
+    rotate through this gateway applies at once; through another replica, within this time."""
     dev_api_keys: bool = True
+    """Development API keys, one per role, may be in use (local stand-in; production refuses it, and also
+    refuses while development keys are still active in the database)."""
 
     def upstream_targets(self) -> dict[str, str]:
         return {

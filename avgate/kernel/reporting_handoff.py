@@ -109,16 +109,21 @@ CHANNEL_OPTIONS = [
 class ReportingHandoffSettings(ProcessSettings):
     """What a service that hands incidents to reporting adds to its settings (under its own prefix)."""
 
-    # reporting's gRPC address (host:port); the local stack and the Helm chart set it.
     reporting_target: str = "127.0.0.1:50063"
+    """reporting's gRPC address (host:port), where this service's outbox dispatcher sends incidents."""
     reporting_timeout_seconds: float = Field(default=10.0, gt=0)
-    # The dispatcher of this service's outbox runs in this process.
+    """Deadline of one incident handoff call to reporting, in seconds."""
     dispatcher_enabled: bool = True
+    """Run the dispatcher of this service's outbox (incidents for reporting) in this process;
+    it needs the service's database URL."""
     # Patient by default: with the 300 s cap and full jitter, 100 attempts ride out about
     # four hours of reporting being down before an event needs an operator's replay.
     dispatcher_max_attempts: int = Field(default=100, ge=1)
+    """Delivery attempts of one outbox event before it becomes a dead letter (`avgate outbox replay` retries it)."""
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
+    """The first retry's backoff, in seconds; it doubles per attempt, with full jitter."""
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
+    """The cap on the retry backoff, in seconds."""
 
 
 # --------------------------------------------------------------------------- the event

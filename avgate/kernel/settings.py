@@ -41,29 +41,51 @@ def shared(env: str, default: object, **kwargs: object) -> object:
 class ProcessSettings(BaseSettings):
     """Settings every avgate process has."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # use_attribute_docstrings: the string after each field is its description, which
+    # docs/configuration.md shows (scripts/gen_config_docs.py); subclasses inherit it, as
+    # pydantic merges their model_config with this one.
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, use_attribute_docstrings=True)
 
     # The short process name ("gateway", "identity", ...); also the issuer of
     # its principal tokens and the audience of tokens addressed to it.
     process_name: ClassVar[str] = "avgate"
 
     env: Environment = shared("AVGATE_ENV", Environment.LOCAL)  # type: ignore[assignment]
+    """`local` or `production`; `production` refuses to start while any local stand-in is configured."""
     state_dir: pathlib.Path = shared("AVGATE_STATE_DIR", pathlib.Path(".avgate"))  # type: ignore[assignment]
+    """Local state: generated keys, logs, the embedded database, local file drops."""
     log_level: str = shared("AVGATE_LOG_LEVEL", "INFO")  # type: ignore[assignment]
+    """The lowest level logged (`DEBUG`, `INFO`, `WARNING`, ...); logs are JSON lines on stderr."""
     otel_exporter: str = shared("AVGATE_OTEL_EXPORTER", "none", pattern="^(none|console|otlp)$")  # type: ignore[assignment]
+    """Where OpenTelemetry traces go: `none`, `console` or `otlp` (the standard OTEL_EXPORTER_OTLP_* variables)."""
     generate_keys: bool = shared("AVGATE_GENERATE_KEYS", True)  # type: ignore[assignment]
+    """Generate a missing signing key pair or key file (local stand-in; production refuses it)."""
     signing_key_file: pathlib.Path | None = shared("AVGATE_SIGNING_KEY_FILE", None)  # type: ignore[assignment]
+    """This process's Ed25519 private key (PEM), which signs its principal tokens.
+    Unset: `<keys dir>/<process>.key`, generated when missing while AVGATE_GENERATE_KEYS is true."""
     trusted_keys_dir: pathlib.Path | None = shared("AVGATE_TRUSTED_KEYS_DIR", None)  # type: ignore[assignment]
+    """The keys directory: every issuer's public key as `<issuer>.pub`. Unset: `<state dir>/keys`."""
     token_ttl_seconds: float = shared("AVGATE_TOKEN_TTL_SECONDS", 30.0, gt=0, le=300)  # type: ignore[assignment]
+    """Lifetime of the principal tokens this process signs, in seconds."""
     max_message_bytes: int = shared("AVGATE_MAX_MESSAGE_BYTES", 16 * 1024 * 1024, ge=1024)  # type: ignore[assignment]
+    """The largest gRPC message sent or received, in bytes."""
     shutdown_grace_seconds: float = shared("AVGATE_SHUTDOWN_GRACE_SECONDS", 15.0, ge=0)  # type: ignore[assignment]
+    """On SIGTERM, how long in-flight calls may finish before they are cancelled, in seconds."""
     drain_delay_seconds: float = shared("AVGATE_DRAIN_DELAY_SECONDS", 0.0, ge=0, le=60)  # type: ignore[assignment]
+    """On SIGTERM, how long health answers NOT_SERVING before the listener closes, in seconds
+    (lets load balancers stop routing first)."""
     fallback_database_url: str | None = shared("DATABASE_URL", None)  # type: ignore[assignment]
+    """PostgreSQL URL used by every process whose own `<PREFIX>DATABASE_URL` is unset.
+    Unset as well: an embedded PostgreSQL under the state directory (local stand-in; production refuses it)."""
 
     grpc_host: str = "127.0.0.1"
+    """The address the gRPC and metrics listeners bind to."""
     grpc_port: int = 0
+    """The gRPC port (0: any free port)."""
     metrics_port: int = 0
+    """The Prometheus metrics port, HTTP at /metrics (0: any free port; negative: no metrics endpoint)."""
     database_url: str | None = None
+    """This process's PostgreSQL URL, as its own role. Unset: DATABASE_URL."""
 
     @property
     def effective_database_url(self) -> str | None:

@@ -16,4 +16,6 @@ class ComplaintsSettings(ReportingHandoffSettings):
     process_name: ClassVar[str] = "complaints"
 
     grpc_port: int = 50064
+    """complaints' gRPC port."""
     metrics_port: int = 9464
+    """complaints' Prometheus metrics port (HTTP /metrics)."""

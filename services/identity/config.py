@@ -22,24 +22,32 @@ class IdentitySettings(ReportingHandoffSettings):
     process_name: ClassVar[str] = "identity"
 
     grpc_port: int = 50061
+    """identity's gRPC port."""
     metrics_port: int = 9461
-    # The job that ends enforcement actions at their until_time (every replica may run it).
+    """identity's Prometheus metrics port (HTTP /metrics)."""
     expiry_enabled: bool = True
+    """Run the job that ends enforcement actions at their until_time (a ledger entry and an incident for
+    reporting per action) in this process; any number of replicas may run it."""
     expiry_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often the expiry job looks for actions that have run out, in seconds."""
     expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
-    # How often the re-index job looks for blind indexes made under an older key (a rotation).
+    """The most actions the expiry job ends in one transaction."""
     reindex_interval_seconds: float = Field(default=60.0, gt=0)
-    # How often finished one-time codes and idle send-limit counters are deleted.
+    """How often the re-index job moves blind indexes made under an older index key to the current one,
+    in seconds."""
     housekeeping_interval_seconds: float = Field(default=600.0, gt=0)
+    """How often one-time codes finished a day ago and send-limit counters idle for two hours are deleted,
+    in seconds."""
 
-    # Personal data (services.identity.vault). Both files hold "<key id> <base64 32 bytes>" lines,
-    # the last one current; keep old lines while anything made with them remains.
-    # Key-encryption keys that wrap each subject's data key. Unset: <keys dir>/identity-vault.kek,
-    # generated when missing (a local stand-in).
+    # Personal data (services.identity.vault). Keep old key lines while anything made with them remains.
     vault_kek_file: pathlib.Path | None = None
-    # Blind-index keys (HMAC-SHA256), separate from the KEKs. Unset: <keys dir>/identity-index.keys,
-    # generated when missing (a local stand-in).
+    """Key-encryption keys that wrap each verified subject's data key (personal data is encrypted per
+    field): one `<key id> <base64 32 bytes>` a line, the last one current.
+    Unset: `<keys dir>/identity-vault.kek`, generated when missing (local stand-in; production refuses it)."""
     blind_index_key_file: pathlib.Path | None = None
+    """Keys (HMAC-SHA256) of the blind indexes that look personal data up without decrypting it; same
+    format, separate from the KEKs; a new last line starts a re-index.
+    Unset: `<keys dir>/identity-index.keys`, generated when missing (local stand-in; production refuses it)."""
 
     @property
     def own_vault_kek_file(self) -> pathlib.Path:
@@ -85,40 +93,54 @@ class IdentitySettings(ReportingHandoffSettings):
             raise ValueError(f"{variable} ({path}): {exc}") from exc
 
     # --- SMS (one-time codes are sent directly, never through the outbox)
-    # The SMS gateway's HTTP endpoint. Unset: the local stand-in writes every message, code
-    # included, to IDENTITY_SMS_SINK_FILE (default <state_dir>/sms/messages.jsonl, mode 0600).
     sms_url: str | None = None
+    """The SMS gateway's HTTP(S) endpoint for one-time codes. Unset: every message, code included, is
+    written to IDENTITY_SMS_SINK_FILE (local stand-in; production refuses it)."""
     sms_bearer_token_file: pathlib.Path | None = None
+    """A file holding the SMS gateway's bearer token (a mounted Secret). Unset: no Authorization header."""
     sms_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Timeout of one request to the SMS gateway, in seconds."""
     sms_max_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts per message, retrying connection failures, timeouts, 408, 425, 429 and 5xx with backoff."""
     sms_sink_file: pathlib.Path | None = None
+    """Where the local stand-in writes messages when IDENTITY_SMS_URL is unset (JSON lines, mode 0600).
+    Unset: `<state dir>/sms/messages.jsonl`."""
 
     # --- one-time codes
     code_ttl_seconds: int = Field(default=300, ge=30, le=3600)
+    """How long a one-time code may be confirmed after it is sent, in seconds."""
     code_max_attempts: int = Field(default=5, ge=1, le=20)
-    # HMAC keys of codes at rest and of the rate-limit keys of client addresses: one
-    # "<key id> <base64 of 32 bytes>" a line, the last one current. Unset: <keys dir>/identity-codes.key,
-    # generated when missing (a local stand-in).
+    """Guesses allowed per code; after the last wrong one the code is dead."""
     code_hash_key_file: pathlib.Path | None = None
+    """HMAC keys of codes at rest and of the rate-limit keys of client addresses: one
+    `<key id> <base64 32 bytes>` a line, the last one current.
+    Unset: `<keys dir>/identity-codes.key`, generated when missing (local stand-in; production refuses it)."""
 
     # --- abuse limits (shared by every replica: they live in PostgreSQL)
     send_interval_per_phone_seconds: int = Field(default=60, ge=1)
+    """The shortest time between two codes sent to one phone number, in seconds."""
     sends_per_phone_per_hour: int = Field(default=5, ge=1)
+    """Codes sent to one phone number in an hour, at most."""
     sends_per_address_per_hour: int = Field(default=20, ge=1)
-    # Failed code confirmations from one client address before that address is locked out of the account.
+    """Codes requested from one client address in an hour, at most."""
     lockout_threshold_per_address: int = Field(default=5, ge=1)
-    # Failed confirmations from all addresses together before the whole account is locked out.
+    """Failed code confirmations from one client address before that address is locked out of the account."""
     lockout_threshold_per_account: int = Field(default=20, ge=1)
-    # Lockout lengths in seconds, escalating; the last one is the cap.
+    """Failed confirmations from all addresses together before the whole account is locked out."""
     lockout_seconds: list[int] = Field(default=[60, 300, 900, 3600], min_length=1)
+    """Lockout lengths in seconds, escalating with each lockout, as a JSON list; the last one is the cap."""
 
     # --- the authoritative identity verifier (an HTTP/JSON adapter)
-    # Unset: no authoritative verification is possible (the production profile refuses it); the
-    # local stack points it at the stand-in (python -m services.identity.verifier_standin).
     verifier_url: str | None = None
+    """The authoritative identity verifier's HTTP(S) base URL; a loopback host is the local stand-in
+    (`python -m services.identity.verifier_standin`; production refuses it). Unset: no authoritative
+    verification is possible (production refuses it)."""
     verifier_credentials_file: pathlib.Path | None = None
+    """A file holding the verifier's bearer credential (a mounted Secret). Unset: no Authorization header."""
     verifier_timeout_seconds: float = Field(default=5.0, gt=0)
+    """Timeout of one request to the verifier, in seconds."""
     verifier_max_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts per verification, retrying connection failures, timeouts, 408, 425, 429 and 5xx with backoff."""
 
     @field_validator("lockout_seconds")
     @classmethod

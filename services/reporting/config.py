@@ -40,48 +40,60 @@ class ReportingSettings(ProcessSettings):
     process_name: ClassVar[str] = "reporting"
 
     grpc_port: int = 50063
+    """reporting's gRPC port."""
     metrics_port: int = 9463
-    # The ledger's sequencer runs in this process, as the avgate_ledger_sequencer role.
+    """reporting's Prometheus metrics port (HTTP /metrics)."""
     sequencer_enabled: bool = True
+    """Run the ledger's sequencer in this replica (one replica leads, the others stand by)."""
     sequencer_database_url: str | None = None
-    # Tree heads are C2SP checkpoints; the origin line names this log and is the key name.
+    """PostgreSQL URL of the sequencer's own role (`avgate_ledger_sequencer`). Unset: locally, the
+    process's URL with that role (local stand-in; production refuses it while the sequencer is enabled)."""
     ledger_origin: str = "avgate.local/ledger"
-    # The signer key in signed-note "PRIVATE+KEY+..." form (a file holding it).
+    """The log's name: the origin line of every signed tree head (a C2SP checkpoint) and its key's name;
+    an `avgate.local/` name is a local stand-in (production refuses it)."""
     ledger_signing_key_file: pathlib.Path | None = None
-    # Routing overrides by category name, as JSON: REPORTING_ROUTING_RULES='{"rumor": ["cyberspace"]}'.
-    # Categories not named keep their defaults (services.reporting.incidents.domain.DEFAULT_ROUTING).
+    """The tree-head signing key in signed-note `PRIVATE+KEY+...` form (`avgate ledger keygen` makes one);
+    its name must equal REPORTING_LEDGER_ORIGIN.
+    Unset: `<keys dir>/ledger.skey`, generated when missing while AVGATE_GENERATE_KEYS is true."""
     routing_rules: dict[str, list[str]] = {}
-    # Where each department's reports go, as JSON by department:
-    #   {"cyberspace": {"type": "http", "url": "https://...", "bearer_token_file": "/run/secrets/t", "timeout": 10,
-    #                   "keep_alive": true},
-    #    "culture_tourism": {"type": "file", "directory": "/exports/culture"}}
-    # A department not named gets a file drop under <state_dir>/authority-drops/<department>/
-    # (a local stand-in: the production profile names it).
+    """Routing overrides as JSON, incident category → departments: `{"rumor": ["cyberspace"]}`; categories
+    not named keep their built-in routing (services.reporting.incidents.domain.DEFAULT_ROUTING)."""
+    # Example: {"cyberspace": {"type": "http", "url": "https://...", "bearer_token_file": "/run/secrets/t",
+    #                          "timeout": 10, "keep_alive": true},
+    #           "culture_tourism": {"type": "file", "directory": "/exports/culture"}}
     authorities: dict[str, dict[str, Any]] = {}
-    # The outbox dispatcher that delivers the reports runs in this process.
+    """Where each department's reports go, as JSON by department: `{"type": "http", "url": ...}` (optional
+    `bearer_token_file`, `timeout`, `keep_alive`) or `{"type": "file", "directory": ...}`. A department not
+    named gets a file drop under `<state dir>/authority-drops/<department>/` (local stand-in; production
+    refuses it while the dispatcher is enabled)."""
     dispatcher_enabled: bool = True
+    """Run the dispatcher that delivers reports to the authorities in this process."""
     dispatcher_max_attempts: int = Field(default=10, ge=1)
+    """Delivery attempts of one report before it becomes a dead letter."""
     dispatcher_base_delay: float = Field(default=0.5, gt=0)
+    """The first retry's backoff, in seconds; it doubles per attempt, with full jitter."""
     dispatcher_max_delay: float = Field(default=300.0, gt=0)
-    # How long an attempt may run before another replica may take the report over (a crashed
-    # dispatcher's reports wait this long); keep it above the slowest authority's timeout.
+    """The cap on the retry backoff, in seconds."""
     dispatcher_lease_seconds: float = Field(default=60.0, gt=0)
+    """How long an attempt may run before another replica may take the report over, in seconds (a crashed
+    dispatcher's reports wait this long); keep it above the slowest authority's timeout."""
 
-    # MatchText: the score a refuted rumour must reach when the request names no threshold.
     rumor_match_threshold: float = Field(default=0.6, gt=0, le=1)
-    # How often, at most, a replica asks the database whether other replicas changed the rumour registry.
+    """The MatchText score a refuted rumour must reach when the request names no threshold."""
     rumor_index_refresh_seconds: float = Field(default=2.0, gt=0)
+    """How often, at most, a replica asks the database whether other replicas changed the rumour registry,
+    in seconds."""
 
-    # The evidence store. Sealed objects go under this directory (default <state_dir>/evidence,
-    # a local stand-in: production mounts a persistent volume and names it).
     evidence_dir: pathlib.Path | None = None
-    # Key-encryption keys: one "<key id> <base64 32 bytes>" a line, the last one current.
-    # Unset: <keys dir>/evidence.kek, generated when missing (a local stand-in).
+    """Where sealed evidence objects are kept; production mounts a persistent volume here.
+    Unset: `<state dir>/evidence` (local stand-in; production refuses it)."""
     evidence_kek_file: pathlib.Path | None = None
-    # How long evidence is preserved after it is attached: ISO 8601 ("P365D") or seconds.
+    """Evidence key-encryption keys: one `<key id> <base64 32 bytes>` a line, the last one current.
+    Unset: `<keys dir>/evidence.kek`, generated when missing (local stand-in; production refuses it)."""
     evidence_retention: timedelta = timedelta(days=365)
-    # The largest upload accepted, in bytes.
+    """How long evidence is preserved after it is attached: ISO 8601 (`P365D`) or seconds; at least a day."""
     evidence_max_bytes: int = Field(default=20 * 1024**3, ge=1)
+    """The largest evidence upload accepted, in bytes."""
 
     @field_validator("evidence_retention", mode="before")
     @classmethod
@@ -98,10 +110,13 @@ class ReportingSettings(ProcessSettings):
             raise ValueError("REPORTING_EVIDENCE_RETENTION must be at least one day")
         return value
 
-    # Signed export bundles: where their files are kept and for how long; the builder runs in this process.
     export_dir: pathlib.Path | None = None
+    """Where signed export bundles are built and kept (production: the evidence volume's `exports`
+    directory). Unset: `<state dir>/exports` (local stand-in; production refuses it while the builder runs)."""
     export_ttl_hours: float = Field(default=168.0, gt=0)
+    """How long a ready export bundle is kept, in hours."""
     export_builder_enabled: bool = True
+    """Run the export builder in this process."""
 
     @property
     def own_export_dir(self) -> pathlib.Path:

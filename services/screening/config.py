@@ -16,4 +16,6 @@ class ScreeningSettings(ReportingHandoffSettings):
     process_name: ClassVar[str] = "screening"
 
     grpc_port: int = 50062
+    """screening's gRPC port."""
     metrics_port: int = 9462
+    """screening's Prometheus metrics port (HTTP /metrics)."""
