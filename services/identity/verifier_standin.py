@@ -60,6 +60,7 @@ class VerifierStandIn(ThreadingHTTPServer):
     """The stand-in server; `requests` counts requests by path."""
 
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default backlog of 5 drops connects from concurrent callers
 
     def __init__(
         self,

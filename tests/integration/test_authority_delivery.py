@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
 from tests.integration.test_incidents_grpc import Reporting, create
 from tests.support import incident_input, serve, signer
+from tests.support.http import LocalHttpServer
 
 # PROHIBITED_CONTENT routes to cyberspace (HTTP here) and radio_television (a file drop here).
 HTTP_DEPARTMENT = "cyberspace"
@@ -84,7 +85,7 @@ def authority() -> Iterator[Authority]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = LocalHttpServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/reports"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import psycopg
@@ -54,6 +54,7 @@ from avgate.kernel.outbox import (
 from services.complaints.models import SCHEMA as COMPLAINTS_SCHEMA
 from tests.conftest import Database, free_port
 from tests.integration.authority_server import AuthorityServer
+from tests.support.http import LocalHttpServer
 
 # The outbox of a real service schema, built by its Alembic migrations and used with its own role,
 # as in production: complaints' (it has nothing else yet, so no other rows are disturbed).
@@ -119,7 +120,7 @@ def endpoint() -> Iterator[Endpoint]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = LocalHttpServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     state.url = f"http://127.0.0.1:{server.server_port}/reports"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -531,7 +532,7 @@ class TestHttpConnections:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = LocalHttpServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         try:

@@ -51,7 +51,7 @@ VERIFICATION_BASIS = legal.ART_8
 SENSITIVE_CONSENT_BASIS = PIPL_29.cite()
 GUARDIAN_CONSENT_BASIS = PIPL_31.cite()
 ERASURE_BASIS = LegalBasis(legal.PIPL, "47").cite()
-REINDEX_BASIS = "PIPL Art. 51"
+REINDEX_BASIS = LegalBasis(legal.PIPL, "51").cite()  # security measures for personal information
 
 
 class FlowState(enum.Enum):
