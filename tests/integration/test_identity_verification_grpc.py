@@ -37,6 +37,7 @@ from services.identity.verifier_standin import DEFAULT_DATA, VerifierStandIn, lo
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
 from tests.integration.test_identity_sms_verifier import serving
+from tests.integration.test_incidents_grpc import stored_rows
 from tests.support import ServerLog, details, violated_fields
 
 pytestmark = pytest.mark.db
@@ -367,7 +368,7 @@ class TestBadInputStoresNothing:
         self, env: Env, tenant: str, field: str, value: str, path: str
     ) -> None:
         await consent(env, tenant)
-        before = len(await ledger(env, tenant))
+        before = stored_rows(env.database.admin_url, tenant, "identity")
         person = {**ADULT, field: value}
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await start(env, tenant, person)
@@ -375,10 +376,11 @@ class TestBadInputStoresNothing:
         if value:
             assert value not in (caught.value.details() or "")
         assert await env.sql("select 1 from identity.verification_flows where tenant_id = %s", tenant) == []
-        assert len(await ledger(env, tenant)) == before
+        assert stored_rows(env.database.admin_url, tenant, "identity") == before
 
     async def test_a_bad_credit_code_is_invalid(self, env: Env, tenant: str) -> None:
         await consent(env, tenant)
+        before = stored_rows(env.database.admin_url, tenant, "identity")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await env.call(
                 "StartVerification",
@@ -394,12 +396,15 @@ class TestBadInputStoresNothing:
                 provider(tenant),
             )
         assert violated_fields(caught.value) == {"organization.unified_social_credit_code"}
+        assert stored_rows(env.database.admin_url, tenant, "identity") == before
 
     async def test_start_needs_the_sensitive_information_consent(self, env: Env, tenant: str) -> None:
+        before = stored_rows(env.database.admin_url, tenant, "identity")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await start(env, tenant)
         assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert await env.sql("select 1 from identity.verification_flows where tenant_id = %s", tenant) == []
+        assert stored_rows(env.database.admin_url, tenant, "identity") == before
 
 
 class TestCodes:

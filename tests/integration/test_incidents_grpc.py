@@ -63,6 +63,33 @@ async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator
         await process.stop()
 
 
+def stored_rows(admin_url: str, tenant: str | None, schema: str = "reporting") -> dict[str, int]:
+    """The rows a call could have written: in every table of the service's schema (its outbox included), reporting's
+    feed items, and the ledger's queue and entries together. Tables with a tenant_id count the tenant's rows only
+    (when a tenant is given); the others (the outbox, the ledger) count every row.
+
+    One statement, so one snapshot: an entry the sequencer moves from the queue to the entries is counted once.
+    """
+    tables = admin_sql(
+        admin_url,
+        "select table_schema, table_name, bool_or(column_name = 'tenant_id') as tenanted"
+        " from information_schema.columns where table_schema = :schema"
+        " or (table_schema = 'reporting' and table_name = 'feed_items')"
+        " group by table_schema, table_name order by table_schema, table_name",
+        schema=schema,
+    )
+    assert tables, f"no tables in schema {schema}"
+    counts = [
+        f'(select count(*) from "{t.table_schema}"."{t.table_name}"'
+        + (" where tenant_id = :tenant" if t.tenanted and tenant is not None else "")
+        + f') as "{t.table_schema}.{t.table_name}"'
+        for t in tables
+    ]
+    counts.append('(select count(*) from ledger.queue) + (select count(*) from ledger.entries) as "ledger"')
+    (row,) = admin_sql(admin_url, "select " + ", ".join(counts), tenant=tenant)
+    return dict(row._mapping)
+
+
 def provider(tenant: str) -> Principal:
     return Principal(role=Role.PROVIDER, subject=f"key-{tenant}", tenant_id=tenant, request_id="req-1")
 
@@ -130,6 +157,7 @@ class TestCreating:
         assert info.reason == "ERROR_REASON_IDEMPOTENCY_CONFLICT"
 
     async def test_invalid_input_names_the_fields_and_stores_nothing(self, reporting: Reporting, tenant: str) -> None:
+        before = stored_rows(reporting.database.admin_url, tenant)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await create(
                 reporting,
@@ -143,7 +171,7 @@ class TestCreating:
             "incident.region_code",
             "incident.prohibited_type",
         }
-        assert reporting.sql("select 1 from reporting.incidents where tenant_id = :t", t=tenant) == []
+        assert stored_rows(reporting.database.admin_url, tenant) == before
 
     async def test_creation_queues_a_ledger_entry_and_outbox_reports_with_the_incident(
         self, reporting: Reporting, tenant: str
@@ -178,6 +206,7 @@ class TestBatches:
 
     async def test_one_bad_item_applies_nothing_with_per_item_errors(self, reporting: Reporting, tenant: str) -> None:
         await create(reporting, tenant, incident_input("b-0"))
+        before = stored_rows(reporting.database.admin_url, tenant)
         reply = await reporting.stub.BatchCreateIncidents(
             reporting_pb2.BatchCreateIncidentsRequest(
                 incidents=[incident_input("b-1"), incident_input("b-2", facts=""), incident_input("b-0", facts="x")]
@@ -195,6 +224,7 @@ class TestBatches:
         assert info.reason == "ERROR_REASON_IDEMPOTENCY_CONFLICT"
         stored = reporting.sql("select external_id from reporting.incidents where tenant_id = :t", t=tenant)
         assert [r.external_id for r in stored] == ["b-0"]
+        assert stored_rows(reporting.database.admin_url, tenant) == before
 
 
 class TestVisibility:

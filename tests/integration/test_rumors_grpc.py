@@ -29,6 +29,7 @@ from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from tests.conftest import Database
+from tests.integration.test_incidents_grpc import stored_rows
 from tests.support import admin_sql, details, violated_fields
 
 pytestmark = pytest.mark.db
@@ -224,6 +225,7 @@ class TestAdding:
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
     async def test_invalid_input_names_every_field_and_stores_nothing(self, reporting: Reporting, tenant: str) -> None:
+        before = stored_rows(reporting.database.admin_url, tenant)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await reporting.main.add(
                 provider(tenant),
@@ -242,6 +244,7 @@ class TestAdding:
             "rumor.publish_time",
         }
         assert reporting.sql("select 1 from reporting.refuted_rumors where tenant_id = :t", t=tenant) == []
+        assert stored_rows(reporting.database.admin_url, tenant) == before
 
     @pytest.mark.parametrize(
         ("changes", "field"),
@@ -345,8 +348,14 @@ class TestRetiring:
     async def test_retiring_again_changes_nothing(self, reporting: Reporting, tenant: str) -> None:
         added = await reporting.main.add(provider(tenant))
         first = await reporting.main.retire(provider(tenant), added.rumor_id, "first reason")
+        before = stored_rows(reporting.database.admin_url, tenant)
+        (row_before,) = reporting.sql("select * from reporting.refuted_rumors where rumor_id = :r", r=added.rumor_id)
         again = await reporting.main.retire(provider(tenant), added.rumor_id, "second reason")
         assert again == first
+        assert stored_rows(reporting.database.admin_url, tenant) == before
+        assert reporting.sql("select * from reporting.refuted_rumors where rumor_id = :r", r=added.rumor_id) == [
+            row_before
+        ]
         assert len(ledger_entries(reporting, "refuted_rumor.retire", added.rumor_id)) == 1
 
     async def test_providers_cannot_retire_shared_or_others_entries(self, reporting: Reporting, tenant: str) -> None:
