@@ -32,14 +32,17 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+def json_formatter() -> JsonFormatter:
+    """The formatter of every process's log lines: a record's `extra` fields and exception text included."""
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(process_name)s %(trace_id)s %(span_id)s %(request_id)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+
+
 def configure_logging(process: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s %(process_name)s %(trace_id)s %(span_id)s %(request_id)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
+    handler.setFormatter(json_formatter())
     handler.addFilter(_ContextFilter(process))
     root = logging.getLogger()
     root.handlers[:] = [handler]

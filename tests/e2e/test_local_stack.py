@@ -89,11 +89,23 @@ class TestLocalStack:
     def test_metrics_are_exposed_by_every_process(self, running: RunningStack) -> None:
         import urllib.request
 
+        from prometheus_client.parser import text_string_to_metric_families
+
         health(running.gateway, SERVICES["identity"])
         for name, info in running.description["processes"].items():
+            health(info["grpc"], "")  # a call that reached this process
             with urllib.request.urlopen(info["metrics"], timeout=5) as response:
                 body = response.read().decode()
-            assert "grpc_server_handled_total" in body or "python_info" in body, name
+            # A sample of the project's RPC counter for that call, not only the metric's HELP line.
+            handled = [
+                s
+                for f in text_string_to_metric_families(body)
+                for s in f.samples
+                if s.name == "grpc_server_handled_total"
+                and s.labels.get("grpc_service") == "grpc.health.v1.Health"
+                and s.labels.get("grpc_method") == "Check"
+            ]
+            assert sum(s.value for s in handled) >= 1, name
         with urllib.request.urlopen(running.description["processes"]["gateway"]["metrics"], timeout=5) as response:
             assert 'grpc_method="Check"' in response.read().decode()
 

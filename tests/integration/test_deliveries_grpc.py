@@ -42,6 +42,7 @@ from tests.support import (
     regulator,
     serve,
     signer,
+    stored_rows,
     token_metadata,
 )
 
@@ -520,13 +521,13 @@ class TestBadRequests:
             same = str(uuid.uuid4())
             request_fields = {**request_fields, "delivery_ids": [same, same]}
         request = getattr(reporting_pb2, f"{method}Request")(**request_fields)
-        before = setup.reporting.sql("select count(*) as n from ledger.queue")[0].n
+        before = stored_rows(setup.reporting.database.admin_url, None)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await getattr(setup.deliveries, method)(request, metadata=setup.auth(OPERATOR, method))
         refused_with(refused, grpc.StatusCode.INVALID_ARGUMENT)
         (bad,) = details(refused.value, error_details_pb2.BadRequest)
         assert field in {v.field for v in bad.field_violations}
-        assert setup.reporting.sql("select count(*) as n from ledger.queue")[0].n == before
+        assert stored_rows(setup.reporting.database.admin_url, None) == before
 
     async def test_an_unknown_delivery_is_not_found(self, setup: Setup) -> None:
         unknown = str(uuid.uuid4())
@@ -544,9 +545,12 @@ class TestBadRequests:
         created = await create(setup, tenant)
         await dispatch_until_settled(setup, [created.http, created.file])
         assert outbox_states(setup, [created.http, created.file]) == {created.http: "dead", created.file: "delivered"}
+        before = stored_rows(setup.reporting.database.admin_url, None)
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await replay(setup, [created.http_id, created.file_id])
+        assert stored_rows(setup.reporting.database.admin_url, None) == before
+        assert outbox_states(setup, [created.http, created.file]) == {created.http: "dead", created.file: "delivered"}
 
         refused_with(refused, grpc.StatusCode.FAILED_PRECONDITION)
         (info,) = details(refused.value, error_details_pb2.ErrorInfo)

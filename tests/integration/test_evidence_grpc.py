@@ -29,7 +29,7 @@ from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from services.reporting.evidence.crypto import KeyRing, sealed_size
 from tests.conftest import Database
-from tests.support import FakeClock, admin_sql, details, violated_fields
+from tests.support import FakeClock, admin_sql, details, stored_rows, violated_fields
 
 MiB = 1024 * 1024
 EVIDENCE = "/avgate.reporting.v1.EvidenceService/"
@@ -348,11 +348,13 @@ class TestRefusedUploads:
         incident_id = await new_incident(reporting, tenant)
         data = os.urandom(4000)
         before = reporting.objects()
+        rows_before = stored_rows(reporting.database.admin_url, tenant)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await attach(reporting, provider(tenant), incident_id, data, **declared)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert violated_fields(refused.value) == {field}
         assert reporting.objects() == before
+        assert stored_rows(reporting.database.admin_url, tenant) == rows_before
         assert reporting.sql("select 1 from reporting.evidence where tenant_id = :t", t=tenant) == []
         assert reporting.sql("select 1 from reporting.evidence_attachments where tenant_id = :t", t=tenant) == []
         assert (

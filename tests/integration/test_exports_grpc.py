@@ -2,7 +2,8 @@
 with the requester's scope, every file as the manifest says, the manifest
 signed by reporting's key, the checkpoint a verifying tree head that already
 holds the export's own ledger entry; idempotent, private to the requester,
-ledgered, and expired on time."""
+ledgered, and expired on time: files deleted before the expiry is recorded,
+folders that a crash left behind swept."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import hashlib
 import json
 import pathlib
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -21,11 +24,14 @@ from sqlalchemy import text
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
-from avgate.kernel.db import sync_engine
-from avgate.kernel.keys import load_trusted_keys
+from avgate.kernel.db import create_engine_for, sync_engine
+from avgate.kernel.keys import SigningKey, load_private_key, load_trusted_keys
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger.checkpoint import open_checkpoint
+from avgate.ledger.entry import LedgerEntry
 from avgate.reporting.v1 import reporting_pb2
+from services.reporting.feed.export_store import SqlExportStore
+from services.reporting.feed.exports import ExportBuilder, ExportService
 from tests.integration.test_feed_grpc import CYBERSPACE_BEIJING, OPERATOR, Feed, create_many, feed, tenant
 from tests.support import details, regulator
 
@@ -195,3 +201,123 @@ async def test_a_bundle_past_its_expiry_is_deleted_and_expired(feed: Feed, tenan
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await download(feed, OPERATOR, export.export_id, reporting_pb2.EXPORT_FILE_KIND_JSONL)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ObservedExpiry:
+    """The real export store, limited to one export, that looks at that export the way a reader does
+    just before and just after the builder records its expiry."""
+
+    def __init__(self, store: SqlExportStore, service: ExportService, directory: pathlib.Path, export_id: str):
+        self._store = store
+        self._service = service
+        self._directory = directory
+        self._export_id = export_id
+        self.seen: list[tuple[str, bool]] = []  # (state a reader gets, whether the bundle's folder is there)
+
+    async def _look(self) -> None:
+        export = await self._service.get(OPERATOR, self._export_id)
+        self.seen.append((export.state, (self._directory / self._export_id).is_dir()))
+
+    async def due_for_expiry(self, now: datetime) -> list[str]:
+        return [e for e in await self._store.due_for_expiry(now) if e == self._export_id]
+
+    async def expire(self, export_id: str, audit: LedgerEntry) -> bool:
+        await self._look()
+        expired = await self._store.expire(export_id, audit)
+        await self._look()
+        return expired
+
+    async def states(self, export_ids: Collection[str]) -> dict[str, str]:
+        return await self._store.states(export_ids)
+
+
+class Unused:
+    """Stands in for what a builder only needs to build (the tests here only expire and sweep)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"{name} used")
+
+
+def side_builder(
+    feed: Feed, keys_dir: pathlib.Path, store: Any, *, clock: Any = lambda: datetime.now(UTC)
+) -> ExportBuilder:
+    """A second builder on the server's export directory (as another replica's would be)."""
+    return ExportBuilder(
+        store,
+        Unused(),  # type: ignore[arg-type]
+        Unused(),  # type: ignore[arg-type]
+        SigningKey("gateway", load_private_key(keys_dir / "gateway.key")),
+        feed.settings.own_export_dir,
+        ttl=timedelta(hours=1),
+        clock=clock,
+    )
+
+
+def consistent(state: str, folder_there: bool) -> bool:
+    """A ready export has its files; an expired one has none."""
+    return folder_there if state == "ready" else not folder_there
+
+
+async def test_a_reader_never_sees_an_expired_export_with_files_nor_a_ready_one_without(
+    feed: Feed, tenant: str, keys_dir: pathlib.Path
+) -> None:
+    await create_many(feed, tenant, 1)
+    created = await create_export(feed, OPERATOR, f"watched-{uuid.uuid4().hex[:6]}", in_tenant(tenant))
+    export = await wait_ready(feed, OPERATOR, created.export_id)
+    directory = feed.settings.own_export_dir
+    # Past the export's expiry by this builder's clock, not by the server's (whose builder leaves it alone).
+    later = datetime.now(UTC) + timedelta(days=30)
+    engine = create_engine_for(feed.database.url_for("reporting"), pool_size=2)
+    try:
+        sql = SqlExportStore(engine)
+        observed = ObservedExpiry(sql, ExportService(sql, directory, clock=lambda: later), directory, export.export_id)
+        assert await side_builder(feed, keys_dir, observed, clock=lambda: later).expire_due() == [export.export_id]
+    finally:
+        await engine.dispose()
+    # Just before the expiry is recorded the files are gone and a reader gets EXPIRED; just after, likewise.
+    assert observed.seen == [("expired", False), ("expired", False)]
+    assert all(consistent(state, there) for state, there in observed.seen)
+    assert not any(p.name.startswith(f".{export.export_id}") for p in directory.iterdir())
+
+
+async def test_folders_left_behind_by_a_crash_are_swept_and_bundles_in_use_are_kept(
+    feed: Feed, tenant: str, keys_dir: pathlib.Path
+) -> None:
+    await create_many(feed, tenant, 1)
+    kept = await wait_ready(
+        feed,
+        OPERATOR,
+        (await create_export(feed, OPERATOR, f"kept-{uuid.uuid4().hex[:6]}", in_tenant(tenant))).export_id,
+    )
+    crashed = await wait_ready(
+        feed,
+        OPERATOR,
+        (await create_export(feed, OPERATOR, f"crashed-{uuid.uuid4().hex[:6]}", in_tenant(tenant))).export_id,
+    )
+    directory = feed.settings.own_export_dir
+    # A crash after the expiry was recorded but before the files went (the old order), a crash in the middle
+    # of deleting, and a folder no export owns at all.
+    feed.scalar("update reporting.exports set state = 'expired' where export_id = :e returning 1", e=crashed.export_id)
+    assert (directory / crashed.export_id).is_dir()
+    half_deleted = directory / f".{crashed.export_id}.expired"
+    half_deleted.mkdir()
+    unknown = directory / f"exp_{uuid.uuid4().hex}"
+    unknown.mkdir()
+    (unknown / "incidents.jsonl").write_bytes(b"{}\n")
+    not_ours = directory / "lost+found"
+    not_ours.mkdir(exist_ok=True)
+
+    engine = create_engine_for(feed.database.url_for("reporting"), pool_size=2)
+    try:
+        removed = await side_builder(feed, keys_dir, SqlExportStore(engine)).sweep()
+    finally:
+        await engine.dispose()
+
+    assert {crashed.export_id, half_deleted.name, unknown.name} <= set(removed)
+    assert kept.export_id not in removed
+    assert not (directory / crashed.export_id).exists()
+    assert not half_deleted.exists()
+    assert not unknown.exists()
+    assert (directory / kept.export_id / "manifest.json").is_file()
+    assert not_ours.is_dir()  # not a builder's folder: left alone
+    assert len(await download(feed, OPERATOR, kept.export_id, reporting_pb2.EXPORT_FILE_KIND_MANIFEST)) > 0

@@ -340,14 +340,21 @@ class TestScopeAndFilters:
     async def test_category_and_time_filters(self, feed: Feed, tenant: str) -> None:
         prohibited = await create_many(feed, tenant, 2)
         rumor = await create_many(feed, tenant, 1, category=reporting_pb2.INCIDENT_CATEGORY_RUMOR, prohibited_type=0)
-        by_category = await feed.list_all(
-            OPERATOR, filter=only_tenant(tenant, categories=[reporting_pb2.INCIDENT_CATEGORY_RUMOR])
-        )
-        assert incident_ids(by_category) == rumor
-        future = datetime.now(UTC) + timedelta(hours=1)
-        window = common_pb2.TimeRange(start_time=convert.timestamp(future))
-        assert await feed.list_all(OPERATOR, filter=only_tenant(tenant, create_time_range=window)) == []
-        assert len(prohibited) == 2
+
+        async def listed_ids(**fields: Any) -> list[str]:
+            return incident_ids(await feed.list_all(OPERATOR, filter=only_tenant(tenant, **fields)))
+
+        assert await listed_ids(categories=[reporting_pb2.INCIDENT_CATEGORY_RUMOR]) == rumor
+        assert await listed_ids(categories=[reporting_pb2.INCIDENT_CATEGORY_PROHIBITED_CONTENT]) == prohibited
+        everything = await feed.list_all(OPERATOR, filter=only_tenant(tenant))
+        assert incident_ids(everything) == prohibited + rumor
+        created = {i.incident.incident_id: i.incident.create_time for i in everything}
+        middle = created[prohibited[1]]
+        # start_time is inclusive, end_time exclusive: split at the second incident's creation time
+        assert await listed_ids(create_time_range=common_pb2.TimeRange(start_time=middle)) == [prohibited[1], *rumor]
+        assert await listed_ids(create_time_range=common_pb2.TimeRange(end_time=middle)) == [prohibited[0]]
+        future = convert.timestamp(datetime.now(UTC) + timedelta(hours=1))
+        assert await listed_ids(create_time_range=common_pb2.TimeRange(start_time=future)) == []
 
     async def test_a_cursor_not_handed_out_is_invalid_argument_naming_the_field(self, feed: Feed) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import logging
 import pathlib
 import secrets
@@ -262,18 +263,44 @@ class TestSendLimits:
             with pytest.raises(ResourceExhausted):
                 async with engine.begin() as conn:
                     await limits.check_and_record_send(conn, phone_key=index, client_address=None)
+        async with engine.begin() as conn:
+            recorded = await conn.execute(
+                select(send_limits.c.recent).where(send_limits.c.scope == "phone", send_limits.c.subject == index)
+            )
+            assert [len(r.recent) for r in recorded] == [1]  # the ten refusals left no trace
         clock.advance(seconds=10)  # 60 s after the one recorded send
         async with engine.begin() as conn:
             await limits.check_and_record_send(conn, phone_key=index, client_address=None)
 
     async def test_no_phone_or_address_in_the_table(self, engine: AsyncEngine, limits: AbuseLimits) -> None:
         address = "203.0.113.77"
+        index = phone_index()  # the vault's blind index of the number: the limits never see the number itself
+        address_key = limits.address_key(address)
+        assert address_key is not None
         async with engine.begin() as conn:
-            await limits.check_and_record_send(conn, phone_key=phone_index(), client_address=address)
+            await limits.check_and_record_send(conn, phone_key=index, client_address=address)
+            rows = (
+                await conn.execute(
+                    select(send_limits.c.scope, send_limits.c.subject).where(
+                        send_limits.c.subject.in_([index, address_key])
+                    )
+                )
+            ).all()
             dump = (
                 await conn.execute(text("select string_agg(s::text, ' ') from identity.send_limits s"))
             ).scalar_one()
-        assert address not in dump and address.encode().hex() not in dump
+        # The send was recorded for both, each under a key, not the value: the rows are exactly these.
+        assert sorted((r.scope, bytes(r.subject)) for r in rows) == sorted([("phone", index), ("address", address_key)])
+        # And no form of the address (text, its UTF-8 or its packed bytes as bytea hex) nor of a number is anywhere.
+        for form in (
+            address,
+            address.encode().hex(),
+            ipaddress.ip_address(address).packed.hex(),
+            PHONE,
+            PHONE.removeprefix("+86"),
+            PHONE.encode().hex(),
+        ):
+            assert form not in dump
 
     async def test_two_replicas_sending_at_once_cannot_exceed_the_limit(
         self, database: Database, limits: AbuseLimits

@@ -35,7 +35,7 @@ from services.identity.expiry import EnforcementExpiry
 from services.identity.service import IdentityService
 from services.identity.store import SqlIdentityStore
 from tests.conftest import Database
-from tests.support import FakeClock, details, violated_fields
+from tests.support import FakeClock, details, stored_rows, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -420,6 +420,7 @@ class TestIssuing:
     async def test_bad_request_names_the_fields_and_stores_nothing(
         self, identity: Identity, tenant: str, changes: dict[str, Any], fields: set[str]
     ) -> None:
+        before = stored_rows(identity.database.admin_url, tenant, "identity")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await identity.call("IssueEnforcementAction", issue_request(tenant, **changes), provider(tenant))
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -427,6 +428,7 @@ class TestIssuing:
         assert "13812345678" not in (refused.value.details() or "")
         assert await identity.sql("select 1 from identity.enforcement_actions where tenant_id = %s", tenant) == []
         assert await identity.sql("select 1 from identity.accounts where tenant_id = %s", tenant) == []
+        assert stored_rows(identity.database.admin_url, tenant, "identity") == before
 
     async def test_a_time_outside_what_a_timestamp_holds_names_the_field(self, identity: Identity, tenant: str) -> None:
         request = issue_request(tenant, type=identity_pb2.ENFORCEMENT_ACTION_TYPE_SUSPENSION_OF_UPDATING)

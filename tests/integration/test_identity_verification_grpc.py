@@ -26,6 +26,7 @@ from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.keys import SigningKey, load_private_key
+from avgate.kernel.logging import json_formatter
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
 from avgate.ledger.checkpoint import NoteSigner
 from avgate.ledger.verify import verify_database
@@ -36,7 +37,7 @@ from services.identity.verifier_standin import DEFAULT_DATA, VerifierStandIn, lo
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
 from tests.integration.test_identity_sms_verifier import serving
-from tests.support import FakeClock, ServerLog, details, violated_fields
+from tests.support import FakeClock, ServerLog, details, stored_rows, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -61,6 +62,17 @@ CLEAR_VALUES = [
     "91110108MA01ABCD5T",
     "测试科技有限公司",
     "13500135004",
+    # the verifier-unavailable path's person
+    "测试用户戊",
+    "51010719920229888X",
+    "13600136003",
+    # the forms a mobile number arrives in, and refused values
+    "+86 138 0013 8000",
+    "138 0013 8000",
+    "+86 13800138000",
+    "138 0013 800",
+    "1380013800",
+    "110101199003071234",
 ]
 
 
@@ -291,9 +303,11 @@ class TestTheFlow:
     ) -> None:
         await consent(env, tenant)
         flow = await start(env, tenant)
+        asked_before = env.standin.requests["/v1/individuals:verify"]
         done = await complete(env, tenant, flow.flow_id)
         assert done.account.verification_level == V.VERIFICATION_LEVEL_FORMAT_CHECKED
-        assert env.standin.requests["/v1/individuals:verify"] >= 0
+        # Without a confirmed code the authoritative verifier is not asked at all.
+        assert env.standin.requests["/v1/individuals:verify"] == asked_before
         answer = await env.call(
             "CheckEligibility",
             V.CheckEligibilityRequest(user=user(tenant), action=V.ACCOUNT_FUNCTION_PUBLISH),
@@ -345,7 +359,7 @@ class TestBadInputStoresNothing:
         self, env: Env, tenant: str, field: str, value: str, path: str
     ) -> None:
         await consent(env, tenant)
-        before = len(await ledger(env, tenant))
+        before = stored_rows(env.database.admin_url, tenant, "identity")
         person = {**ADULT, field: value}
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await start(env, tenant, person)
@@ -353,10 +367,11 @@ class TestBadInputStoresNothing:
         if value:
             assert value not in (caught.value.details() or "")
         assert await env.sql("select 1 from identity.verification_flows where tenant_id = %s", tenant) == []
-        assert len(await ledger(env, tenant)) == before
+        assert stored_rows(env.database.admin_url, tenant, "identity") == before
 
     async def test_a_bad_credit_code_is_invalid(self, env: Env, tenant: str) -> None:
         await consent(env, tenant)
+        before = stored_rows(env.database.admin_url, tenant, "identity")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await env.call(
                 "StartVerification",
@@ -372,12 +387,15 @@ class TestBadInputStoresNothing:
                 provider(tenant),
             )
         assert violated_fields(caught.value) == {"organization.unified_social_credit_code"}
+        assert stored_rows(env.database.admin_url, tenant, "identity") == before
 
     async def test_start_needs_the_sensitive_information_consent(self, env: Env, tenant: str) -> None:
+        before = stored_rows(env.database.admin_url, tenant, "identity")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await start(env, tenant)
         assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         assert await env.sql("select 1 from identity.verification_flows where tenant_id = %s", tenant) == []
+        assert stored_rows(env.database.admin_url, tenant, "identity") == before
 
 
 class TestCodes:
@@ -672,15 +690,28 @@ class TestPersonalDataProof:
             ),
             provider(tenant),
         )
-        for bad in ({**ADULT, "resident_id_number": "110101199003071234"}, {**ADULT, "mobile": "1380013800"}):
+        for bad in (
+            {**ADULT, "resident_id_number": "110101199003071234"},
+            {**ADULT, "mobile": "1380013800"},
+            {**ADULT, "mobile": "138 0013 800"},
+        ):
             with pytest.raises(grpc.aio.AioRpcError):
                 await start(env, tenant, bad, "p-4")
-        with pytest.raises(grpc.aio.AioRpcError):
-            await verify(env, tenant, DOWN, "p-5")
+        with pytest.raises(grpc.aio.AioRpcError) as unavailable:
+            await verify(env, tenant, DOWN, "p-5")  # the verifier is down for this person
+        assert unavailable.value.code() is grpc.StatusCode.UNAVAILABLE
+        for user_id, mobile in (("p-6", "138 0013 8000"), ("p-7", "+86 13800138000")):
+            await consent(env, tenant, user_id)
+            await start(env, tenant, {**ADULT, "mobile": mobile}, user_id)
+
+        def forms(value: str) -> set[str]:
+            """The value as sent, and as a JSON encoder escapes it (ensure_ascii: \\uXXXX for each CJK character)."""
+            return {value, json.dumps(value, ensure_ascii=True)[1:-1]}
 
         def assert_clean(text: str, where: str) -> None:
             for value in CLEAR_VALUES:
-                assert value not in text, f"{where} holds a clear value"
+                for form in forms(value):
+                    assert form not in text, f"{where} holds a clear value"
 
         # (a) every row of every table of every schema, as text, read by the superuser
         tables = await env.sql(
@@ -694,9 +725,12 @@ class TestPersonalDataProof:
                 # bytea columns print as hex: the UTF-8 of a clear value would show there
                 for value in CLEAR_VALUES:
                     assert value.encode().hex() not in r["row"], f"{t['tablename']} holds clear bytes"
-        # (b) the service's logs
+        # (b) the service's logs, as the processes write them: message, `extra` fields and exception text
+        formatter = json_formatter()
+        assert caplog.records
         for record in caplog.records:
             assert_clean(record.getMessage(), "a log record")
+            assert_clean(formatter.format(record), "a formatted log line")
         # (d) error messages returned to callers
         assert env.errors
         for error in env.errors:

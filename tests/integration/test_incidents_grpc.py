@@ -29,6 +29,7 @@ from tests.support import (
     regulator,
     serve,
     signer,
+    stored_rows,
     token_metadata,
     unpack,
 )
@@ -106,6 +107,7 @@ class TestCreating:
         assert info.reason == "ERROR_REASON_IDEMPOTENCY_CONFLICT"
 
     async def test_invalid_input_names_the_fields_and_stores_nothing(self, reporting: Reporting, tenant: str) -> None:
+        before = stored_rows(reporting.database.admin_url, tenant)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await create(
                 reporting,
@@ -119,7 +121,7 @@ class TestCreating:
             "incident.region_code",
             "incident.prohibited_type",
         }
-        assert reporting.sql("select 1 from reporting.incidents where tenant_id = :t", t=tenant) == []
+        assert stored_rows(reporting.database.admin_url, tenant) == before
 
     async def test_creation_queues_a_ledger_entry_and_outbox_reports_with_the_incident(
         self, reporting: Reporting, tenant: str
@@ -154,6 +156,7 @@ class TestBatches:
 
     async def test_one_bad_item_applies_nothing_with_per_item_errors(self, reporting: Reporting, tenant: str) -> None:
         await create(reporting, tenant, incident_input("b-0"))
+        before = stored_rows(reporting.database.admin_url, tenant)
         reply = await reporting.stub.BatchCreateIncidents(
             reporting_pb2.BatchCreateIncidentsRequest(
                 incidents=[incident_input("b-1"), incident_input("b-2", facts=""), incident_input("b-0", facts="x")]
@@ -171,6 +174,7 @@ class TestBatches:
         assert info.reason == "ERROR_REASON_IDEMPOTENCY_CONFLICT"
         stored = reporting.sql("select external_id from reporting.incidents where tenant_id = :t", t=tenant)
         assert [r.external_id for r in stored] == ["b-0"]
+        assert stored_rows(reporting.database.admin_url, tenant) == before
 
 
 class TestVisibility:

@@ -276,8 +276,10 @@ class TestReportingDown:
             async with reporting_on(database, keys_dir, port):
                 delivered = await wait_for_state(database, events, "delivered")
 
-        stored = {r["external_id"]: r for r in await incidents_of(database, tenant)}
-        assert sorted(stored) == sorted(f"down-{s}" for s in SENDERS)  # each exactly once
+        rows = await incidents_of(database, tenant)
+        # Each exactly once: the list of rows, not a dict of them, so a duplicate would show.
+        assert sorted(r["external_id"] for r in rows) == sorted(f"down-{s}" for s in SENDERS)
+        stored = {r["external_id"]: r for r in rows}
         for service, row in delivered.items():
             receipt = json.loads(row["receipt"])
             assert receipt == {"incident_id": stored[f"down-{service}"]["incident_id"], "created": True}

@@ -37,6 +37,7 @@ from tests.support import (
     serve,
     service,
     signer,
+    stored_rows,
     violated_fields,
 )
 
@@ -211,6 +212,7 @@ class TestAdding:
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
     async def test_invalid_input_names_every_field_and_stores_nothing(self, reporting: Reporting, tenant: str) -> None:
+        before = stored_rows(reporting.database.admin_url, tenant)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await reporting.main.add(
                 provider(tenant),
@@ -229,6 +231,7 @@ class TestAdding:
             "rumor.publish_time",
         }
         assert reporting.sql("select 1 from reporting.refuted_rumors where tenant_id = :t", t=tenant) == []
+        assert stored_rows(reporting.database.admin_url, tenant) == before
 
     @pytest.mark.parametrize(
         ("changes", "field"),
@@ -332,8 +335,14 @@ class TestRetiring:
     async def test_retiring_again_changes_nothing(self, reporting: Reporting, tenant: str) -> None:
         added = await reporting.main.add(provider(tenant))
         first = await reporting.main.retire(provider(tenant), added.rumor_id, "first reason")
+        before = stored_rows(reporting.database.admin_url, tenant)
+        (row_before,) = reporting.sql("select * from reporting.refuted_rumors where rumor_id = :r", r=added.rumor_id)
         again = await reporting.main.retire(provider(tenant), added.rumor_id, "second reason")
         assert again == first
+        assert stored_rows(reporting.database.admin_url, tenant) == before
+        assert reporting.sql("select * from reporting.refuted_rumors where rumor_id = :r", r=added.rumor_id) == [
+            row_before
+        ]
         assert len(ledger_entries(reporting, "refuted_rumor.retire", added.rumor_id)) == 1
 
     async def test_providers_cannot_retire_shared_or_others_entries(self, reporting: Reporting, tenant: str) -> None:

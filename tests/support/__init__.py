@@ -27,7 +27,7 @@ from tests.support.principals import (
     token_metadata,
 )
 from tests.support.serve import Served, serve
-from tests.support.sql import ServerLog, admin_sql, ledger_entries
+from tests.support.sql import ServerLog, admin_sql, ledger_entries, stored_rows
 from tests.support.stack import RunningStack, run_stack
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "serve",
     "service",
     "signer",
+    "stored_rows",
     "token_metadata",
     "unpack",
     "violated_fields",

@@ -74,3 +74,30 @@ class ServerLog:
             return ""
         data = admin_sql(self._admin_url, "select pg_read_binary_file(:p, :o, :n)", p=self.path, o=mark, n=length)[0][0]
         return bytes(data).decode("utf-8", errors="replace")
+
+
+def stored_rows(admin_url: str, tenant: str | None, schema: str = "reporting") -> dict[str, int]:
+    """The rows a call could have written: in every table of the service's schema (its outbox included), reporting's
+    feed items, and the ledger's queue and entries together. Tables with a tenant_id count the tenant's rows only
+    (when a tenant is given); the others (the outbox, the ledger) count every row.
+
+    One statement, so one snapshot: an entry the sequencer moves from the queue to the entries is counted once.
+    """
+    tables = admin_sql(
+        admin_url,
+        "select table_schema, table_name, bool_or(column_name = 'tenant_id') as tenanted"
+        " from information_schema.columns where table_schema = :schema"
+        " or (table_schema = 'reporting' and table_name = 'feed_items')"
+        " group by table_schema, table_name order by table_schema, table_name",
+        schema=schema,
+    )
+    assert tables, f"no tables in schema {schema}"
+    counts = [
+        f'(select count(*) from "{t.table_schema}"."{t.table_name}"'
+        + (" where tenant_id = :tenant" if t.tenanted and tenant is not None else "")
+        + f') as "{t.table_schema}.{t.table_name}"'
+        for t in tables
+    ]
+    counts.append('(select count(*) from ledger.queue) + (select count(*) from ledger.entries) as "ledger"')
+    (row,) = admin_sql(admin_url, "select " + ", ".join(counts), tenant=tenant)
+    return dict(row._mapping)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -115,18 +115,34 @@ class SqlExportStore:
         async with self._engine.begin() as conn:
             await conn.execute(update(exports).where(exports.c.export_id == export_id).values(lease_until=None))
 
-    async def expire_due(self, now: datetime, audit_for: Callable[[str], LedgerEntry]) -> list[str]:
-        async with self._engine.begin() as conn:
+    async def due_for_expiry(self, now: datetime) -> list[str]:
+        async with self._engine.connect() as conn:
             rows = await conn.execute(
+                select(exports.c.export_id).where(exports.c.state == "ready", exports.c.expire_time <= now)
+            )
+            return [r[0] for r in rows]
+
+    async def expire(self, export_id: str, audit: LedgerEntry) -> bool:
+        async with self._engine.begin() as conn:
+            expired = await conn.execute(
                 update(exports)
-                .where(exports.c.state == "ready", exports.c.expire_time <= now)
+                .where(exports.c.export_id == export_id, exports.c.state == "ready")
                 .values(state="expired")
                 .returning(exports.c.export_id)
             )
-            expired = [r[0] for r in rows]
-            for export_id in expired:
-                await ledger_append(conn, audit_for(export_id))
-            return expired
+            if expired.first() is None:  # another builder recorded it first
+                return False
+            await ledger_append(conn, audit)
+            return True
+
+    async def states(self, export_ids: Collection[str]) -> dict[str, str]:
+        if not export_ids:
+            return {}
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(exports.c.export_id, exports.c.state).where(exports.c.export_id.in_(list(export_ids)))
+            )
+            return {r[0]: r[1] for r in rows}
 
     async def record(self, audit: LedgerEntry) -> None:
         async with self._engine.begin() as conn:

@@ -20,6 +20,13 @@ stored with the request and applied when the bundle is built. Bundles expire
 (files deleted, state EXPIRED) after the configured time. Builders take
 pending exports under a lease, not a held row lock, so several replicas may
 run and a long build never holds a transaction open.
+
+Expiry deletes the files first and records EXPIRED after: a reader never sees
+an EXPIRED export whose files are still there, and a ready export past its
+expiry whose folder is gone reads as EXPIRED (the builder is between the two
+steps, or stopped there). A crash can still leave a folder behind, so the
+builder also sweeps the directory now and then: a folder that no ready export
+owns (nor a pending one being built) is removed.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import hashlib
 import logging
 import os
 import pathlib
+import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -167,8 +175,16 @@ class ExportStore(Protocol):
         """Ends a lease without a result (the build waits for the ledger)."""
         ...
 
-    async def expire_due(self, now: datetime, audit_for: Callable[[str], LedgerEntry]) -> list[str]:
-        """Marks ready exports past their expiry as expired, each with its ledger entry; their ids."""
+    async def due_for_expiry(self, now: datetime) -> list[str]:
+        """The ids of ready exports past their expiry."""
+        ...
+
+    async def expire(self, export_id: str, audit: LedgerEntry) -> bool:
+        """Marks a ready export expired with its ledger entry; False when it was not ready (already expired)."""
+        ...
+
+    async def states(self, export_ids: Collection[str]) -> dict[str, str]:
+        """The state of each of these exports that exists."""
         ...
 
     async def record(self, audit: LedgerEntry) -> None: ...
@@ -252,6 +268,14 @@ class ExportService:
         export = await self._store.get(export_id)
         if export is None or not _is_requester(caller, export):
             raise NotFound("export", export_id)
+        if (
+            export.state == "ready"
+            and export.expire_time is not None
+            and export.expire_time <= self._clock()
+            and not (self._directory / export_id).is_dir()
+        ):
+            # The builder deleted the files and has yet to record it: what the caller gets is an expired export.
+            return replace(export, state="expired")
         return export
 
     async def download(
@@ -310,6 +334,7 @@ class ExportBuilder:
         ttl: timedelta,
         lease: timedelta = timedelta(minutes=10),
         poll_interval: float = 1.0,
+        sweep_interval: timedelta = timedelta(minutes=10),
         clock: Callable[[], datetime] = _now,
     ):
         self._store = store
@@ -320,6 +345,8 @@ class ExportBuilder:
         self._ttl = ttl
         self._lease = lease
         self._poll = poll_interval
+        self._sweep_interval = sweep_interval
+        self._next_sweep: datetime | None = None
         self._clock = clock
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -332,10 +359,13 @@ class ExportBuilder:
                 await asyncio.wait_for(stop.wait(), self._poll)
 
     async def step(self) -> bool:
-        """Expires due bundles and builds one pending export if it can; whether one became ready or failed."""
+        """Expires due bundles, sweeps left-over folders when a sweep is due, and builds one pending export
+        if it can; whether one became ready or failed."""
+        await self.expire_due()
         now = self._clock()
-        for export_id in await self._store.expire_due(now, lambda export_id: _builder_entry("expired", export_id, now)):
-            await asyncio.to_thread(shutil.rmtree, self._directory / export_id, True)
+        if self._next_sweep is None or now >= self._next_sweep:
+            await self.sweep()
+            self._next_sweep = now + self._sweep_interval
         export = await self._store.lease_pending(self._lease)
         if export is None:
             return False
@@ -358,6 +388,43 @@ class ExportBuilder:
             data["error"] = built.error.partition(":")[0]  # the kind of failure only: messages stay in the log
         await self._store.finish(built, _builder_entry(built.state, built.export_id, self._clock(), data))
         return True
+
+    async def expire_due(self) -> list[str]:
+        """Deletes the files of every ready export past its expiry, then records it expired; the ids expired.
+
+        In this order a reader never sees EXPIRED while the files are there. The folder is first renamed
+        out of the way (one atomic step), so a ready export has all its files or no folder at all.
+        """
+        now = self._clock()
+        expired = []
+        for export_id in await self._store.due_for_expiry(now):
+            await asyncio.to_thread(self._remove_bundle, export_id)
+            if await self._store.expire(export_id, _builder_entry("expired", export_id, now)):
+                expired.append(export_id)
+        return expired
+
+    def _remove_bundle(self, export_id: str) -> None:
+        final = self._directory / export_id
+        doomed = self._directory / f".{export_id}.expired"
+        with contextlib.suppress(FileNotFoundError):
+            final.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    async def sweep(self) -> list[str]:
+        """Removes the folders no export owns any more (a crash between deleting and recording, a build that
+        died); the names removed. A ready export owns its bundle's folder, a pending one its build's folders."""
+        names = await asyncio.to_thread(_bundle_folders, self._directory)
+        # Listed before the states are read: a folder made after the listing is not looked at.
+        states = await self._store.states({export_id for export_id in names.values()})
+        removed = []
+        for name, export_id in sorted(names.items()):
+            state = states.get(export_id)
+            if state == "pending" or (state == "ready" and name == export_id):
+                continue
+            log.warning("export builder: removing %s, left behind (export %s)", name, state or "unknown")
+            await asyncio.to_thread(shutil.rmtree, self._directory / name, True)
+            removed.append(name)
+        return removed
 
     async def _build(self, export: Export, leaf: int, head: Head) -> Export:
         final = self._directory / export.export_id
@@ -442,6 +509,21 @@ def _builder_entry(state: str, export_id: str, when: datetime, data: dict[str, o
         data=data or {},
         occurred_at=when,
     )
+
+
+_FOLDER = re.compile(r"\.?(exp_[0-9a-f]{32})(\.[0-9a-z]+)?")
+
+
+def _bundle_folders(directory: pathlib.Path) -> dict[str, str]:
+    """The folders a builder made under `directory` (bundles, builds, bundles being deleted): name → export id."""
+    if not directory.is_dir():
+        return {}
+    found = {}
+    for path in directory.iterdir():
+        match = _FOLDER.fullmatch(path.name)
+        if match and path.is_dir():
+            found[path.name] = match.group(1)
+    return found
 
 
 def _describe(kind: str, directory: pathlib.Path) -> ExportFile:
