@@ -16,7 +16,9 @@ from sqlalchemy import (
     Text,
 )
 
-metadata = MetaData(schema="gateway")
+SCHEMA = "gateway"
+
+metadata = MetaData(schema=SCHEMA)
 
 api_keys = Table(
     "api_keys",

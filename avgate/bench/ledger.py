@@ -65,6 +65,7 @@ from avgate.kernel.db import (
     role_url,
     transaction_driver,
 )
+from avgate.kernel.legal import ART_14
 from avgate.kernel.principal import Principal, Role
 from avgate.ledger import merkle
 from avgate.ledger.append import append
@@ -93,7 +94,7 @@ def _entry(i: int) -> LedgerEntry:
         subject_type="account",
         subject_id=f"user-{i}",
         actor=ACTOR,
-        legal_basis="NAVIS-2019 Art. 14",
+        legal_basis=ART_14,
         reason="repeated violations",
         data={"level": "warning", "incident_ids": [f"inc-{i}"]},
     )

@@ -36,7 +36,7 @@ async def main(sequencer_url: str, watch_url: str, skey_file: str, origin: str, 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    signer = NoteSigner.from_skey(pathlib.Path(skey_file).read_text().strip())
+    signer = NoteSigner.from_skey_file(pathlib.Path(skey_file))
     # As services.reporting.wiring.sequencer builds it: the production batch size and poll interval.
     sequencer = Sequencer(sequencer_url, signer, origin)
     seen: list[tuple[float, int]] = []

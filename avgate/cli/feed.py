@@ -31,13 +31,13 @@ import os
 import pathlib
 import sys
 import tempfile
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
 
 from avgate.cli.common import print_rpc_error
+from avgate.cli.feed_filter import incident_filter
 from avgate.ledger.checkpoint import NoteError, NoteVerifier, open_checkpoint
 from avgate.ledger.remote import check_extends
 
@@ -72,50 +72,6 @@ class _State:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-
-
-def _timestamp(value: str | None, option: str) -> Any:
-    from google.protobuf import timestamp_pb2
-
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise SystemExit(f"{option}: not an ISO 8601 time: {value!r}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment)
-    return ts
-
-
-def _enum(wrapper: Any, prefix: str, name: str, option: str) -> Any:
-    try:
-        return wrapper.Value(prefix + name.upper())
-    except ValueError:
-        known = ", ".join(n.removeprefix(prefix).lower() for n in wrapper.keys() if not n.endswith("UNSPECIFIED"))  # noqa: SIM118
-        raise SystemExit(f"{option}: unknown value {name!r}; one of {known}") from None
-
-
-def incident_filter(args: argparse.Namespace) -> Any:
-    """The IncidentFilter the command-line filters name (--category, --department, --region, --tenant,
-    --since, --until), for `follow` and `export` alike."""
-    from avgate.common.v1 import common_pb2
-    from avgate.reporting.v1 import reporting_pb2
-
-    incidents = reporting_pb2.IncidentFilter(
-        categories=[
-            _enum(reporting_pb2.IncidentCategory, "INCIDENT_CATEGORY_", c, "--category") for c in args.category
-        ],
-        departments=[_enum(common_pb2.Department, "DEPARTMENT_", d, "--department") for d in args.department],
-        region_codes=args.region,
-        tenant_ids=args.tenant,
-    )
-    since, until = _timestamp(args.since, "--since"), _timestamp(args.until, "--until")
-    if since is not None or until is not None:
-        incidents.create_time_range.CopyFrom(common_pb2.TimeRange(start_time=since, end_time=until))
-    return incidents
 
 
 def _request(args: argparse.Namespace, cursor: str) -> Any:
@@ -203,8 +159,10 @@ class _Follower:
 
     async def follow_once(self, channel: grpc.aio.Channel) -> bool:
         """Follows until the stream ends; True when the client is done (limits reached)."""
+        from avgate.kernel.convert import ProtoEnum
         from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 
+        item_kind = ProtoEnum(reporting_pb2.FeedItemKind, "FEED_ITEM_KIND_", str)
         feed = reporting_pb2_grpc.RegulatorFeedServiceStub(channel)
         ledger = reporting_pb2_grpc.AuditLedgerServiceStub(channel)
         call = feed.Follow(_request(self.args, self.state.cursor), metadata=self.metadata)
@@ -217,7 +175,7 @@ class _Follower:
                 item = response.item
                 line: dict[str, Any] = {
                     "cursor": item.cursor,
-                    "kind": reporting_pb2.FeedItemKind.Name(item.kind).removeprefix("FEED_ITEM_KIND_").lower(),
+                    "kind": item_kind.name_of(item.kind),
                     "publish_time": item.publish_time.ToJsonString(),
                 }
                 if item.HasField("tree_head"):

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from avgate.cli.common import print_json, print_rpc_error
+from avgate.cli.feed_filter import incident_filter
 from avgate.ledger.checkpoint import NoteError, NoteVerifier, open_checkpoint
 from avgate.ledger.merkle import ProofError, leaf_hash, verify_inclusion
 
@@ -140,7 +141,6 @@ async def _verifiers(ledger: Any, metadata: Any, pinned: list[str]) -> list[Note
 
 
 def _request(args: argparse.Namespace) -> Any:
-    from avgate.cli.feed import incident_filter
     from avgate.reporting.v1 import reporting_pb2
 
     return reporting_pb2.CreateExportRequest(

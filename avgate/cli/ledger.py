@@ -28,6 +28,7 @@ import psycopg
 from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
 
 from avgate.cli.common import print_json, print_rpc_error
+from avgate.kernel.keyring import create_secret_file
 from avgate.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_checkpoint, parse_unverified
 from avgate.ledger.merkle import ProofError, verify_consistency, verify_inclusion
 from avgate.ledger.remote import check_extends, rfc3339_ms
@@ -417,13 +418,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from avgate.ledger.checkpoint import NoteSigner
 
     signer = NoteSigner.generate(args.origin)
-    try:
-        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if not create_secret_file(pathlib.Path(args.out), signer.skey() + "\n"):
         print(f"avgate: {args.out} exists; not overwriting a signing key", file=sys.stderr)
         return 1
-    with os.fdopen(fd, "w") as fh:
-        fh.write(signer.skey() + "\n")
     print(signer.vkey())
     return 0
 
@@ -438,7 +435,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not url or not key_file:
         print("avgate: give --database-url (the pruner role) and --signing-key-file", file=sys.stderr)
         return 2
-    signer = NoteSigner.from_skey(pathlib.Path(key_file).read_text().strip())
+    signer = NoteSigner.from_skey_file(pathlib.Path(key_file))
 
     async def go() -> int:
         async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:

@@ -22,9 +22,10 @@ from google.rpc import error_details_pb2  # noqa: F401 - registers detail types 
 from avgate.cli.common import print_json, print_rpc_error
 from avgate.kernel import migrations
 from avgate.kernel.db import SCHEMA_OWNERS, bootstrap_database, role_url
+from avgate.kernel.principal import DEPARTMENTS, RegulatorScope, Role
 
-ROLE_NAMES = {"provider": 1, "regulator": 2, "public": 3, "operator": 4}
-DEPARTMENT_NAMES = {"cyberspace": 1, "culture_tourism": 2, "radio_television": 3, "public_security": 4}
+KEY_ROLES = tuple(role.value for role in Role if role is not Role.SERVICE)
+"""The roles an API key can have (service principals are minted by the services, not keyed)."""
 
 
 def _service_urls(args: argparse.Namespace) -> dict[str, str]:
@@ -66,6 +67,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
     from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+    from avgate.kernel.convert import role_to_proto, scope_to_proto
 
     key = args.api_key or os.environ.get("AVGATE_API_KEY")
     if not key:
@@ -74,14 +76,15 @@ async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
     async with grpc.aio.insecure_channel(args.target) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         if args.keys_command == "create":
+            scope = None
+            if args.department or args.region:
+                scope = RegulatorScope(departments=tuple(args.department), region_codes=tuple(args.region))
             request = gateway_pb2.CreateApiKeyRequest(
                 display_name=args.name,
-                role=ROLE_NAMES[args.role],  # type: ignore[arg-type]
+                role=role_to_proto(Role(args.role)),  # type: ignore[arg-type]
                 tenant_id=args.tenant or "",
+                regulator_scope=scope_to_proto(scope),
             )
-            if args.department or args.region:
-                request.regulator_scope.departments.extend(DEPARTMENT_NAMES[d] for d in args.department)  # type: ignore[misc]
-                request.regulator_scope.region_codes.extend(args.region)
             if args.ttl_days:
                 request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(args.ttl_days * 86400)))
             reply = await stub.CreateApiKey(request, metadata=metadata, timeout=10)
@@ -154,9 +157,9 @@ def parser() -> argparse.ArgumentParser:
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create")
     create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=list(ROLE_NAMES))
+    create.add_argument("--role", required=True, choices=KEY_ROLES)
     create.add_argument("--tenant")
-    create.add_argument("--department", action="append", default=[], choices=list(DEPARTMENT_NAMES))
+    create.add_argument("--department", action="append", default=[], choices=DEPARTMENTS)
     create.add_argument("--region", action="append", default=[])
     create.add_argument("--ttl-days", type=float)
     lst = ksub.add_parser("list")

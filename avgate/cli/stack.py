@@ -34,6 +34,7 @@ from avgate.kernel.db import (
     role_url,
 )
 from avgate.kernel.errors import Unauthenticated
+from avgate.kernel.keyring import replace_secret_file
 from avgate.kernel.keys import generate_key_pair
 from avgate.kernel.principal import Principal, RegulatorScope, Role
 from gateway.service import ApiKeyService
@@ -140,8 +141,7 @@ class LocalStack:
                 await engine.dispose()
 
         keys = asyncio.run(ensure())
-        path.write_text(json.dumps(keys, indent=2))
-        path.chmod(0o600)
+        replace_secret_file(path, json.dumps(keys, indent=2))
         return keys
 
     def child_env(self, name: str, urls: dict[str, str]) -> dict[str, str]:

@@ -5,6 +5,9 @@ Shared by every service that keeps symmetric keys in configuration
 blind-index keys). Blank lines and lines starting with '#' are ignored. To
 rotate, append a new key and keep the old ones while anything made with them
 remains. Errors name the line at fault, never the key.
+
+Every file holding a secret (key files, the ledger's note signing key, the local
+stack's development API keys) is written here, readable by its owner only.
 """
 
 from __future__ import annotations
@@ -79,11 +82,11 @@ def new_key_line(kid: str) -> str:
 
 def create_key_file(path: pathlib.Path, kid: str, comment: str) -> bool:
     """Creates `path` (0600) holding one fresh key unless it exists; whether this call made it."""
-    return create_private_file(path, f"# {comment}\n{new_key_line(kid)}\n")
+    return create_secret_file(path, f"# {comment}\n{new_key_line(kid)}\n")
 
 
-def create_private_file(path: pathlib.Path, text: str) -> bool:
-    """Creates `path` (0600) holding `text` unless it exists; whether this call made it.
+def create_secret_file(path: pathlib.Path, text: str) -> bool:
+    """Writes `text` to a new file (0600) unless `path` exists; whether this call made it.
 
     For key material of any format (also a signer's key that is no key file of
     this module's). Safe when several processes of a local stack start
@@ -97,3 +100,14 @@ def create_private_file(path: pathlib.Path, text: str) -> bool:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     return True
+
+
+def replace_secret_file(path: pathlib.Path, data: str | bytes) -> None:
+    """Writes `data` to `path` (0600) through a temporary file beside it, so no reader sees a partial file
+    and the secret is never readable by others, not even for a moment."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a leftover keeps its own mode; a new file gets 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)

@@ -10,13 +10,14 @@ stand-in: the production profile refuses it.
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import re
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from avgate.kernel.keyring import replace_secret_file
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----\s*", re.S)
 
@@ -71,10 +72,7 @@ def generate_key_pair(directory: pathlib.Path, issuer: str) -> pathlib.Path:
         return private_path
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(private_path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.replace(private_path.with_suffix(".tmp"), private_path)
+    replace_secret_file(private_path, pem)
     public_path.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

@@ -12,7 +12,7 @@ import sys
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
-from avgate.kernel.principal import _current as _current_principal
+from avgate.kernel.principal import bound_principal
 
 
 class _ContextFilter(logging.Filter):
@@ -26,7 +26,7 @@ class _ContextFilter(logging.Filter):
         ctx = trace.get_current_span().get_span_context()
         record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
         record.span_id = format(ctx.span_id, "016x") if ctx.is_valid else ""
-        principal = _current_principal.get()
+        principal = bound_principal()
         record.request_id = principal.request_id if principal is not None else ""
         record.process_name = self._process
         return True

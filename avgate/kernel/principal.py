@@ -270,6 +270,11 @@ def current_principal() -> Principal:
     return principal
 
 
+def bound_principal() -> Principal | None:
+    """The principal bound to the current call, or None outside one (for logs and error reports)."""
+    return _current.get()
+
+
 def bind_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
     return _current.set(principal)
 

@@ -73,6 +73,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import pathlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -323,6 +324,11 @@ class NoteSigner:
     def generate(cls, name: str) -> NoteSigner:
         """A new random key named ``name``."""
         return cls(name, Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_skey_file(cls, path: pathlib.Path) -> NoteSigner:
+        """The signer in a key file holding one skey line (as `avgate ledger keygen` writes it)."""
+        return cls.from_skey(path.read_text().strip())
 
     @classmethod
     def from_skey(cls, skey: str) -> NoteSigner:

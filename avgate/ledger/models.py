@@ -32,7 +32,9 @@ from sqlalchemy import (
     func,
 )
 
-metadata = MetaData(schema="ledger")
+SCHEMA = "ledger"
+
+metadata = MetaData(schema=SCHEMA)
 
 queue = Table(
     "queue",

@@ -22,7 +22,7 @@ from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
 from avgate.kernel.deliveries import FileDropDelivery, HttpJsonDelivery
 from avgate.kernel.grpc.server import ServiceRegistration
 from avgate.kernel.grpc.unimplemented import unimplemented_registrations
-from avgate.kernel.keyring import create_key_file, create_private_file
+from avgate.kernel.keyring import create_key_file, create_secret_file
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.outbox import Delivery, Dispatcher, OutboxMetrics
 from avgate.kernel.settings import Environment
@@ -86,8 +86,8 @@ def ledger_signer(settings: ReportingSettings) -> NoteSigner:
     """The ledger's checkpoint signer; its key is generated when missing and AVGATE_GENERATE_KEYS allows it."""
     path = settings.own_ledger_key_file
     if not path.exists() and settings.generate_keys:
-        create_private_file(path, NoteSigner.generate(settings.ledger_origin).skey() + "\n")
-    signer = NoteSigner.from_skey(path.read_text().strip())
+        create_secret_file(path, NoteSigner.generate(settings.ledger_origin).skey() + "\n")
+    signer = NoteSigner.from_skey_file(path)
     if signer.name != settings.ledger_origin:
         raise ValueError(
             f"the ledger key is named {signer.name!r}, but REPORTING_LEDGER_ORIGIN is {settings.ledger_origin!r}"

@@ -40,7 +40,7 @@ from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScop
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.feed.cursor import FeedCursor
 from tests.conftest import Database
-from tests.e2e.test_local_stack import RunningStack, running  # noqa: F401 - the stack fixture
+from tests.support import RunningStack
 
 pytestmark = pytest.mark.bench
 
@@ -157,7 +157,7 @@ async def _list(target: str, metadata_for: Callable[[], tuple[tuple[str, str], .
         return Reading(incidents, len(ids), heads, time.perf_counter() - start)
 
 
-def test_feed_throughput_to_one_client(running: RunningStack, database: Database) -> None:  # noqa: F811
+def test_feed_throughput_to_one_client(running: RunningStack, database: Database) -> None:
     tenant = _seed(running, database)
     reporting = running.description["processes"]["reporting"]["grpc"]
     signer = TokenSigner(SigningKey("gateway", load_private_key(running.state_dir / "keys" / "gateway.key")))

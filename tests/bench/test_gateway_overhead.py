@@ -24,7 +24,7 @@ from avgate.bench.verdict import Verdict
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
-from tests.e2e.test_local_stack import RunningStack, running  # noqa: F401 - the stack fixture
+from tests.support import RunningStack
 
 pytestmark = pytest.mark.bench
 
@@ -62,7 +62,7 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1000
 
 
-async def test_gateway_pass_through_overhead(running: RunningStack) -> None:  # noqa: F811
+async def test_gateway_pass_through_overhead(running: RunningStack) -> None:
     signer = TokenSigner(SigningKey("gateway", load_private_key(running.state_dir / "keys" / "gateway.key")))
     principal = Principal(role=Role.PROVIDER, subject="bench", tenant_id="dev-tenant", request_id="bench")
     identity = running.description["processes"]["identity"]["grpc"]

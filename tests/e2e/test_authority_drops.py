@@ -14,10 +14,9 @@ from avgate.common.v1 import common_pb2
 from avgate.kernel.deliveries import verify_document
 from avgate.kernel.keys import load_trusted_keys
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from tests.e2e.test_local_stack import RunningStack, running
+from tests.support import RunningStack
 
 pytestmark = pytest.mark.e2e
-__all__ = ["running"]  # the stack fixture, shared by import
 
 
 def test_an_incident_reaches_the_cyberspace_drop_signed(running: RunningStack) -> None:

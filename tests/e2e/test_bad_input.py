@@ -38,10 +38,8 @@ from avgate.identity.v1 import identity_pb2
 from avgate.kernel.grpc.validation import request_violations
 from avgate.reporting.v1 import reporting_pb2
 from tests.conftest import Database
-from tests.e2e.test_local_stack import RunningStack, running
 from tests.support import ledger_entries, unpack
-
-__all__ = ["running"]  # the stack fixture, shared by import
+from tests.support.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
 

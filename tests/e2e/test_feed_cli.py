@@ -20,10 +20,9 @@ from avgate.common.v1 import common_pb2
 from avgate.ledger.checkpoint import NoteSigner
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import REPO
-from tests.e2e.test_local_stack import RunningStack, running
+from tests.support import RunningStack
 
 pytestmark = pytest.mark.e2e
-__all__ = ["running"]  # the stack fixture, shared by import
 
 
 def create_incidents(stack: RunningStack, n: int) -> list[str]:

@@ -30,7 +30,7 @@ from pymerkle.core import _inclusion_path_layout
 
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import REPO, Database
-from tests.e2e.test_local_stack import RunningStack, running  # noqa: F401
+from tests.support import RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -185,7 +185,7 @@ class Ledger:
 
 
 @pytest.fixture(scope="module")
-def ledger(running: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:  # noqa: F811
+def ledger(running: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
     directory = tmp_path_factory.mktemp("regulator")
     state = Ledger(running, running.description["development_api_keys"]["regulator"], directory / "saved.txt", {})
     state.create_keys(3, "before")

@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import psycopg
@@ -25,7 +22,8 @@ from avgate.kernel.db import libpq_url
 from avgate.kernel.principal import Principal, Role
 from avgate.kernel.reporting_handoff import report_incident
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from tests.conftest import REPO, Database, free_port_block
+from tests.conftest import REPO, Database
+from tests.support import RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -36,65 +34,6 @@ SERVICES = {
     "complaints": "avgate.complaints.v1.ComplaintsService",
 }
 GRPCURL = REPO / ".tools" / "bin" / "grpcurl"
-
-
-@dataclass
-class RunningStack:
-    process: subprocess.Popen[bytes]
-    state_dir: pathlib.Path
-    description: dict  # type: ignore[type-arg]
-
-    @property
-    def gateway(self) -> str:
-        return str(self.description["gateway"])
-
-
-@pytest.fixture(scope="module")
-def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    state_dir = tmp_path_factory.mktemp("stack")
-    # One block: gateway, the four services, then five metrics ports.
-    base = free_port_block(10)
-    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
-    env["DATABASE_URL"] = database.admin_url
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "avgate.cli.main",
-            "run",
-            "--state-dir",
-            str(state_dir),
-            "--gateway-port",
-            str(base),
-            "--service-port-base",
-            str(base + 1),
-            "--metrics-port-base",
-            str(base + 5),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    described = state_dir / "stack.json"
-    deadline = time.monotonic() + 90
-    while not described.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            output = process.stdout.read().decode() if process.stdout else ""
-            logs = "".join(
-                f"\n--- {log.name} (last lines)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-                for log in sorted((state_dir / "logs").glob("*.log"))
-            )
-            pytest.fail(f"avgate run did not come up:\n{output}{logs}")
-        time.sleep(0.2)
-    stack = RunningStack(process, state_dir, json.loads(described.read_text()))
-    try:
-        yield stack
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=40)
 
 
 def health(target: str, service: str) -> int:

@@ -22,9 +22,7 @@ from google.rpc import error_details_pb2
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel.db import create_engine_for
-from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScope, Role, TokenSigner
+from avgate.kernel.principal import Principal, TokenSigner
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.assessments.domain import AssessedTrait, AssessmentConclusion, AssessmentInput
@@ -36,12 +34,23 @@ from services.reporting.incidents.service import IncidentService
 from services.reporting.incidents.store import InMemoryIncidentStore, SqlIncidentStore
 from services.reporting.incidents.wire import incident_payload
 from tests.conftest import Database
-from tests.support import admin_sql, details, violated_fields
+from tests.support import (
+    Metadata,
+    admin_sql,
+    details,
+    operator,
+    provider,
+    regulator,
+    serve,
+    signer,
+    token_metadata,
+    violated_fields,
+)
 
 pytestmark = pytest.mark.db
 
 PACKAGE = "/avgate.reporting.v1."
-OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1", request_id="req-ops")
+OPERATOR = operator("ops-1", request_id="req-ops")
 DOCUMENT = "ab" * 32
 
 
@@ -52,9 +61,8 @@ class Reporting:
     signer: TokenSigner
     database: Database
 
-    def auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
-        token = self.signer.sign(principal, audience="reporting", method=PACKAGE + method)
-        return ((TOKEN_METADATA_KEY, token),)
+    def auth(self, principal: Principal, method: str) -> Metadata:
+        return token_metadata(self.signer, principal, audience="reporting", method=PACKAGE + method)
 
     async def record(
         self, caller: Principal, request_id: str = "asm-1", **changes: Any
@@ -100,28 +108,13 @@ async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator
         sequencer_enabled=False,
         dispatcher_enabled=False,  # these tests read the reports pending in the outbox
     )
-    process: GrpcProcess = await compose(settings)
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-    signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    try:
+    async with serve(await compose(settings)) as served:
         yield Reporting(
-            reporting_pb2_grpc.AssessmentServiceStub(channel),
-            reporting_pb2_grpc.IncidentServiceStub(channel),
-            signer,
+            reporting_pb2_grpc.AssessmentServiceStub(served.channel),
+            reporting_pb2_grpc.IncidentServiceStub(served.channel),
+            signer(keys_dir),
             database,
         )
-    finally:
-        await channel.close()
-        await process.stop()
-
-
-def provider(tenant: str) -> Principal:
-    return Principal(role=Role.PROVIDER, subject=f"key-{tenant}", tenant_id=tenant, request_id="req-1")
-
-
-def regulator(departments: tuple[str, ...], regions: tuple[str, ...]) -> Principal:
-    return Principal(role=Role.REGULATOR, subject="reg-1", regulator_scope=RegulatorScope(departments, regions))
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:

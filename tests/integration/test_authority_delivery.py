@@ -17,24 +17,22 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry
 
 from avgate.cli.outbox import replay
 from avgate.kernel.deliveries import verify_document
-from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key, load_trusted_keys
+from avgate.kernel.keys import load_trusted_keys
 from avgate.kernel.outbox import Dispatcher
-from avgate.kernel.principal import TokenSigner
 from avgate.reporting.v1 import reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from services.reporting.incidents.domain import outbox_event_id
 from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
-from tests.integration.test_incidents_grpc import Reporting, create, incident_input
+from tests.integration.test_incidents_grpc import Reporting, create
+from tests.support import incident_input, serve, signer
 
 # PROHIBITED_CONTENT routes to cyberspace (HTTP here) and radio_television (a file drop here).
 HTTP_DEPARTMENT = "cyberspace"
@@ -126,20 +124,13 @@ async def setup(
         dispatcher_base_delay=0.05,
         dispatcher_max_delay=0.2,
     )
-    process: GrpcProcess = await compose(settings)
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-    signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    try:
+    async with serve(await compose(settings)) as served:
         yield Setup(
-            Reporting(reporting_pb2_grpc.IncidentServiceStub(channel), signer, database),
+            Reporting(reporting_pb2_grpc.IncidentServiceStub(served.channel), signer(keys_dir), database),
             settings,
             drops,
             load_trusted_keys(keys_dir)["reporting"],
         )
-    finally:
-        await channel.close()
-        await process.stop()
 
 
 @pytest.fixture

@@ -23,10 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from avgate.common.v1 import common_pb2
 from avgate.kernel.db import libpq_url
-from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.outbox import AttemptOutcome, Dispatcher
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
+from avgate.kernel.principal import Principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
@@ -34,14 +32,24 @@ from services.reporting.incidents.domain import outbox_event_id
 from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
 from tests.integration.authority_server import AuthorityServer
-from tests.integration.test_incidents_grpc import Reporting, incident_input, provider, regulator
-from tests.support import details
+from tests.integration.test_incidents_grpc import Reporting
+from tests.support import (
+    Metadata,
+    details,
+    incident_input,
+    operator,
+    provider,
+    regulator,
+    serve,
+    signer,
+    token_metadata,
+)
 
 DELIVERIES = "/avgate.reporting.v1.DeliveryService/"
 INCIDENTS = "/avgate.reporting.v1.IncidentService/"
 HTTP_DEPARTMENT = "cyberspace"  # PROHIBITED_CONTENT goes here (HTTP) and to radio_television (a file drop)
 FILE_DEPARTMENT = "radio_television"
-OPERATOR = Principal(role=Role.OPERATOR, subject="op-1", request_id="req-op")
+OPERATOR = operator("op-1", request_id="req-op")
 
 
 @dataclass
@@ -52,13 +60,11 @@ class Setup:
     drops: pathlib.Path
     authority: AuthorityServer
 
-    def auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
-        token = self.reporting.signer.sign(principal, audience="reporting", method=DELIVERIES + method)
-        return ((TOKEN_METADATA_KEY, token),)
+    def auth(self, principal: Principal, method: str) -> Metadata:
+        return token_metadata(self.reporting.signer, principal, audience="reporting", method=DELIVERIES + method)
 
-    def incident_auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
-        token = self.reporting.signer.sign(principal, audience="reporting", method=INCIDENTS + method)
-        return ((TOKEN_METADATA_KEY, token),)
+    def incident_auth(self, principal: Principal, method: str) -> Metadata:
+        return token_metadata(self.reporting.signer, principal, audience="reporting", method=INCIDENTS + method)
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +99,14 @@ async def setup(
         dispatcher_base_delay=0.02,
         dispatcher_max_delay=0.1,
     )
-    process: GrpcProcess = await compose(settings)
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-    signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    try:
+    async with serve(await compose(settings)) as served:
         yield Setup(
-            Reporting(reporting_pb2_grpc.IncidentServiceStub(channel), signer, database),
-            reporting_pb2_grpc.DeliveryServiceStub(channel),
+            Reporting(reporting_pb2_grpc.IncidentServiceStub(served.channel), signer(keys_dir), database),
+            reporting_pb2_grpc.DeliveryServiceStub(served.channel),
             settings,
             drops,
             authority,
         )
-    finally:
-        await channel.close()
-        await process.stop()
 
 
 @pytest.fixture

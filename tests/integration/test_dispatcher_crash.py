@@ -43,7 +43,7 @@ from services.reporting.incidents.service import IncidentService
 from services.reporting.incidents.store import SqlIncidentStore
 from tests.conftest import REPO, Database
 from tests.integration.authority_server import AuthorityServer
-from tests.integration.test_incidents_grpc import provider
+from tests.support import provider
 
 REPORTS = 40
 ANSWERED_BEFORE_HOLDING = 10

@@ -11,7 +11,7 @@ import os
 import pathlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from services.reporting.evidence.crypto import KeyRing, sealed_size
 from tests.conftest import Database
-from tests.support import admin_sql, details, violated_fields
+from tests.support import FakeClock, admin_sql, details, violated_fields
 
 MiB = 1024 * 1024
 EVIDENCE = "/avgate.reporting.v1.EvidenceService/"
@@ -37,15 +37,9 @@ INCIDENTS = "/avgate.reporting.v1.IncidentService/"
 OPERATOR = Principal(role=Role.OPERATOR, subject="op-1", request_id="req-op")
 
 
-@dataclass
-class Clock:
-    """Moves only when told to, and by a microsecond per reading (as a real clock would, at least)."""
-
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(microseconds=1)
-        return self.now
+def ticking_clock() -> FakeClock:
+    """Starts now; moves only when told to, and by a microsecond per reading (as a real clock would, at least)."""
+    return FakeClock(datetime.now(UTC), tick=timedelta(microseconds=1))
 
 
 @dataclass
@@ -56,7 +50,7 @@ class Reporting:
     screening: TokenSigner
     database: Database
     evidence_dir: pathlib.Path
-    clock: Clock
+    clock: FakeClock
 
     def auth(self, principal: Principal, method: str, *, service: str = EVIDENCE) -> tuple[tuple[str, str], ...]:
         if principal.role is Role.SERVICE:
@@ -91,7 +85,7 @@ def write_key_file(path: pathlib.Path, *kids: str) -> None:
 
 
 async def start(
-    database: Database, keys_dir: pathlib.Path, evidence_dir: pathlib.Path, kek_file: pathlib.Path, clock: Clock
+    database: Database, keys_dir: pathlib.Path, evidence_dir: pathlib.Path, kek_file: pathlib.Path, clock: FakeClock
 ) -> GrpcProcess:
     settings = ReportingSettings(
         trusted_keys_dir=keys_dir,  # type: ignore[call-arg]
@@ -116,7 +110,7 @@ async def reporting(
     state = tmp_path_factory.mktemp("evidence")
     kek_file = state / "evidence.kek"
     write_key_file(kek_file, "k1")
-    clock = Clock()
+    clock = ticking_clock()
     process = await start(database, keys_dir, state / "objects", kek_file, clock)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
     try:
@@ -139,7 +133,7 @@ def restore_clock(request: pytest.FixtureRequest) -> Iterator[None]:
     if "reporting" not in request.fixturenames:
         yield
         return
-    clock: Clock = request.getfixturevalue("reporting").clock
+    clock: FakeClock = request.getfixturevalue("reporting").clock
     before = clock.now
     yield
     clock.now = before
@@ -753,7 +747,7 @@ class TestKeyRotation:
         old_data, new_data = os.urandom(MiB + 5), os.urandom(MiB + 6)
 
         async def session() -> AsyncIterator[Reporting]:
-            process = await start(database, keys_dir, objects, kek_file, Clock())
+            process = await start(database, keys_dir, objects, kek_file, ticking_clock())
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
             try:
                 yield Reporting(
@@ -763,7 +757,7 @@ class TestKeyRotation:
                     TokenSigner(SigningKey("screening", load_private_key(keys_dir / "screening.key"))),
                     database,
                     objects,
-                    Clock(),
+                    ticking_clock(),
                 )
             finally:
                 await channel.close()

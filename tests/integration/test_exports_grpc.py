@@ -27,8 +27,7 @@ from avgate.kernel.principal import Principal, Role
 from avgate.ledger.checkpoint import open_checkpoint
 from avgate.reporting.v1 import reporting_pb2
 from tests.integration.test_feed_grpc import CYBERSPACE_BEIJING, OPERATOR, Feed, create_many, feed, tenant
-from tests.integration.test_incidents_grpc import regulator
-from tests.support import details
+from tests.support import details, regulator
 
 __all__ = ["feed", "tenant"]  # fixtures shared by import
 

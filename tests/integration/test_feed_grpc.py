@@ -31,11 +31,11 @@ from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
+from services.reporting.feed.writer import FeedWriter
 from services.reporting.incidents.domain import IncidentFilter, IncidentStatus
 from services.reporting.incidents.store import set_incident_status
 from tests.conftest import Database
-from tests.integration.test_incidents_grpc import incident_input, provider, regulator
-from tests.support import admin_sql, details, ledger_entries
+from tests.support import admin_sql, details, incident_input, ledger_entries, provider, regulator
 
 ORIGIN = "avgate.test/feed"
 OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
@@ -266,7 +266,11 @@ class TestOrderAndResumption:
         try:
             async with engine.begin() as conn:
                 await set_incident_status(
-                    conn, {incident_id: IncidentStatus.DELIVERED}, actor=OPERATOR, reason="delivered"
+                    conn,
+                    {incident_id: IncidentStatus.DELIVERED},
+                    actor=OPERATOR,
+                    reason="delivered",
+                    change_log=FeedWriter(),
                 )
         finally:
             await engine.dispose()

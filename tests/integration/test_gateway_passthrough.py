@@ -21,8 +21,8 @@ from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
+from avgate.kernel.keys import SigningKey
+from avgate.kernel.principal import Role, TokenSigner
 from gateway.__main__ import compose as compose_gateway
 from gateway.config import GatewaySettings
 from gateway.service import ApiKeyService
@@ -30,7 +30,7 @@ from gateway.store import SqlApiKeyStore
 from services.identity.__main__ import compose as compose_identity
 from services.identity.config import IdentitySettings
 from tests.conftest import Database, free_port
-from tests.support import details
+from tests.support import details, operator, provider, serve, signer, token_metadata
 
 CHECK_ELIGIBILITY = "/avgate.identity.v1.IdentityService/CheckEligibility"
 SPANS = InMemorySpanExporter()
@@ -52,12 +52,12 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 @pytest.fixture(scope="module")
 async def stack(database: Database, keys_dir: pathlib.Path) -> AsyncIterator[Stack]:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(SPANS))
-        trace.set_tracer_provider(provider)
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+        trace.set_tracer_provider(tracer_provider)
     common = {"trusted_keys_dir": keys_dir, "generate_keys": False, "metrics_port": -1, "grpc_port": 0}
     # identity here is only an upstream: no outbox of incidents to dispatch, no expiry job.
-    identity: GrpcProcess = await compose_identity(
+    identity_process: GrpcProcess = await compose_identity(
         IdentitySettings(
             **common,  # type: ignore[arg-type]
             database_url=database.url_for("identity"),
@@ -65,35 +65,31 @@ async def stack(database: Database, keys_dir: pathlib.Path) -> AsyncIterator[Sta
             expiry_enabled=False,
         )
     )
-    await identity.start()
-    gateway: GrpcProcess = await compose_gateway(
-        GatewaySettings(
-            **common,  # type: ignore[arg-type]
-            database_url=database.url_for("gateway"),
-            identity_target=f"127.0.0.1:{identity.port}",
-            screening_target=f"127.0.0.1:{free_port()}",  # nothing listens: a stopped service
+    async with serve(identity_process) as identity:
+        gateway_process: GrpcProcess = await compose_gateway(
+            GatewaySettings(
+                **common,  # type: ignore[arg-type]
+                database_url=database.url_for("gateway"),
+                identity_target=identity.target,
+                screening_target=f"127.0.0.1:{free_port()}",  # nothing listens: a stopped service
+            )
         )
-    )
-    await gateway.start()
-    engine = create_engine_for(database.url_for("gateway"), pool_size=1)
-    service = ApiKeyService(SqlApiKeyStore(engine))
-    operator = Principal(role=Role.OPERATOR, subject="test")
-    keys = {}
-    for role, tenant in ((Role.PROVIDER, "tenant-a"), (Role.OPERATOR, "")):
-        created = await service.create(
-            operator, display_name=f"{role.value} key", role=role, tenant_id=tenant, regulator_scope=None, ttl=None
-        )
-        keys[role] = created.secret
-    await engine.dispose()
-    gateway_channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
-    identity_channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity.port}")
-    try:
-        yield Stack(gateway_channel, identity_channel, keys, keys_dir)
-    finally:
-        await gateway_channel.close()
-        await identity_channel.close()
-        await gateway.stop()
-        await identity.stop()
+        async with serve(gateway_process) as gateway:
+            engine = create_engine_for(database.url_for("gateway"), pool_size=1)
+            service = ApiKeyService(SqlApiKeyStore(engine))
+            keys = {}
+            for role, tenant in ((Role.PROVIDER, "tenant-a"), (Role.OPERATOR, "")):
+                created = await service.create(
+                    operator("test"),
+                    display_name=f"{role.value} key",
+                    role=role,
+                    tenant_id=tenant,
+                    regulator_scope=None,
+                    ttl=None,
+                )
+                keys[role] = created.secret
+            await engine.dispose()
+            yield Stack(gateway.channel, identity.channel, keys, keys_dir)
 
 
 def bearer(secret: str) -> tuple[tuple[str, str], ...]:
@@ -182,24 +178,21 @@ class TestServicesTrustOnlyTheGateway:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         forger = TokenSigner(SigningKey("gateway", Ed25519PrivateKey.generate()))
-        token = forger.sign(
-            Principal(role=Role.OPERATOR, subject="me", request_id="x"), audience="identity", method=CHECK_ELIGIBILITY
-        )
+        forged = token_metadata(forger, operator("me", request_id="x"), audience="identity", method=CHECK_ELIGIBILITY)
         stub = identity_pb2_grpc.IdentityServiceStub(stack.identity)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.CheckEligibility(identity_pb2.CheckEligibilityRequest(), metadata=((TOKEN_METADATA_KEY, token),))
+            await stub.CheckEligibility(identity_pb2.CheckEligibilityRequest(), metadata=forged)
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert _reason(refused.value) == "ERROR_REASON_INVALID_PRINCIPAL_TOKEN"
 
     async def test_replayed_principal_token_is_refused(self, stack: Stack) -> None:
-        signer = TokenSigner(SigningKey("gateway", load_private_key(stack.keys_dir / "gateway.key")))
-        token = signer.sign(
-            Principal(role=Role.PROVIDER, subject="k", tenant_id="tenant-a", request_id="r"),
+        metadata = token_metadata(
+            signer(stack.keys_dir),
+            provider("tenant-a", subject="k", request_id="r"),
             audience="identity",
             method=CHECK_ELIGIBILITY,
         )
         stub = identity_pb2_grpc.IdentityServiceStub(stack.identity)
-        metadata = ((TOKEN_METADATA_KEY, token),)
         with pytest.raises(grpc.aio.AioRpcError) as first:
             await stub.CheckEligibility(identity_pb2.CheckEligibilityRequest(), metadata=metadata)
         # Accepted once: past the principal check identity validates the (empty) request.

@@ -27,19 +27,9 @@ from services.identity.housekeeping import Housekeeping
 from services.identity.limits import AbuseLimits, LockoutPolicy, SendPolicy
 from services.identity.models import send_limits, verification_codes
 from tests.conftest import Database
+from tests.support import FakeClock
 
 PHONE = "+8613812345678"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 10, 8, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +40,8 @@ async def engine(database: Database) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 12, 10, 8, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -62,7 +52,7 @@ def keys(tmp_path: pathlib.Path) -> HashKeyRing:
 
 
 @pytest.fixture
-def codes(keys: HashKeyRing, clock: Clock) -> OneTimeCodes:
+def codes(keys: HashKeyRing, clock: FakeClock) -> OneTimeCodes:
     return OneTimeCodes(keys, ttl=timedelta(minutes=5), max_attempts=5, clock=clock)
 
 
@@ -88,7 +78,7 @@ class TestOneTimeCodes:
         assert first.outcome is CodeOutcome.CONFIRMED
         assert again.outcome is CodeOutcome.NO_ACTIVE_CODE
 
-    async def test_an_expired_code_is_refused(self, engine: AsyncEngine, codes: OneTimeCodes, clock: Clock) -> None:
+    async def test_an_expired_code_is_refused(self, engine: AsyncEngine, codes: OneTimeCodes, clock: FakeClock) -> None:
         flow, index = str(uuid.uuid4()), phone_index()
         async with engine.begin() as conn:
             issued = await codes.issue(conn, flow_id=flow, phone_index=index)
@@ -165,7 +155,7 @@ class TestOneTimeCodes:
         assert issued.code not in repr(issued)
 
     async def test_a_code_hashed_under_a_rotated_key_still_confirms(
-        self, engine: AsyncEngine, keys: HashKeyRing, clock: Clock
+        self, engine: AsyncEngine, keys: HashKeyRing, clock: FakeClock
     ) -> None:
         flow, index = str(uuid.uuid4()), phone_index()
         async with engine.begin() as conn:
@@ -193,7 +183,7 @@ class TestOneTimeCodes:
 
 
 @pytest.fixture
-def limits(clock: Clock) -> AbuseLimits:
+def limits(clock: FakeClock) -> AbuseLimits:
     return AbuseLimits(
         address_secret=secrets.token_bytes(32),
         sends=SendPolicy(phone_interval=timedelta(seconds=60), phone_per_hour=5, address_per_hour=20),
@@ -208,7 +198,7 @@ def a_client_address() -> str:
 
 class TestSendLimits:
     async def test_one_send_a_minute_per_phone_with_retry_after(
-        self, engine: AsyncEngine, limits: AbuseLimits, clock: Clock
+        self, engine: AsyncEngine, limits: AbuseLimits, clock: FakeClock
     ) -> None:
         index = phone_index()
         async with engine.begin() as conn:
@@ -225,7 +215,7 @@ class TestSendLimits:
         async with engine.begin() as conn:
             await limits.check_and_record_send(conn, phone_key=index, client_address=a_client_address())
 
-    async def test_five_an_hour_per_phone(self, engine: AsyncEngine, limits: AbuseLimits, clock: Clock) -> None:
+    async def test_five_an_hour_per_phone(self, engine: AsyncEngine, limits: AbuseLimits, clock: FakeClock) -> None:
         index = phone_index()
         start = clock.now
         for _ in range(5):
@@ -242,7 +232,7 @@ class TestSendLimits:
             await limits.check_and_record_send(conn, phone_key=index, client_address=a_client_address())
 
     async def test_twenty_an_hour_per_client_address(
-        self, engine: AsyncEngine, limits: AbuseLimits, clock: Clock
+        self, engine: AsyncEngine, limits: AbuseLimits, clock: FakeClock
     ) -> None:
         address = a_client_address()
         for _ in range(20):
@@ -261,7 +251,9 @@ class TestSendLimits:
         assert limits.address_key("::ffff:198.51.100.7") == limits.address_key("198.51.100.7")
         assert limits.address_key("not an address") is None
 
-    async def test_a_refused_send_is_not_recorded(self, engine: AsyncEngine, limits: AbuseLimits, clock: Clock) -> None:
+    async def test_a_refused_send_is_not_recorded(
+        self, engine: AsyncEngine, limits: AbuseLimits, clock: FakeClock
+    ) -> None:
         index = phone_index()
         async with engine.begin() as conn:
             await limits.check_and_record_send(conn, phone_key=index, client_address=None)
@@ -320,7 +312,7 @@ class TestLockouts:
             await limits.check_not_locked(conn, tenant_id="t1", user_id=user, client_address=address)
 
     async def test_lockouts_escalate_and_are_capped(
-        self, engine: AsyncEngine, limits: AbuseLimits, clock: Clock
+        self, engine: AsyncEngine, limits: AbuseLimits, clock: FakeClock
     ) -> None:
         user, address = str(uuid.uuid4()), a_client_address()
         lengths = []
@@ -405,7 +397,7 @@ class TestLockouts:
 
 class TestHousekeeping:
     async def test_finished_codes_and_idle_counters_are_deleted_on_schedule(
-        self, engine: AsyncEngine, codes: OneTimeCodes, limits: AbuseLimits, clock: Clock
+        self, engine: AsyncEngine, codes: OneTimeCodes, limits: AbuseLimits, clock: FakeClock
     ) -> None:
         flow, index = str(uuid.uuid4()), phone_index()
         async with engine.begin() as conn:

@@ -35,7 +35,7 @@ from services.identity.expiry import EnforcementExpiry
 from services.identity.service import IdentityService
 from services.identity.store import SqlIdentityStore
 from tests.conftest import Database
-from tests.support import details, violated_fields
+from tests.support import FakeClock, details, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -45,20 +45,12 @@ PUBLISH = identity_pb2.ACCOUNT_FUNCTION_PUBLISH
 AUTHORITATIVE = "authoritatively_verified"
 
 
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @dataclass
 class Identity:
     stub: identity_pb2_grpc.IdentityServiceStub
     signer: TokenSigner
     database: Database
-    clock: Clock
+    clock: FakeClock
     keys_dir: pathlib.Path
 
     def auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
@@ -78,7 +70,7 @@ class Identity:
 
 @pytest.fixture(scope="module")
 async def identity(database: Database, keys_dir: pathlib.Path) -> AsyncIterator[Identity]:
-    clock = Clock(START)
+    clock = FakeClock(START)
     settings = IdentitySettings(
         trusted_keys_dir=keys_dir,  # type: ignore[call-arg]
         generate_keys=False,  # type: ignore[call-arg]
@@ -525,7 +517,7 @@ class TestExpiry:
             )
             ids.append(issued.action.action_id)
         assert not (await check(identity, tenant)).allowed
-        clock = Clock(START + timedelta(days=1))
+        clock = FakeClock(START + timedelta(days=1))
         # Other tests' actions in this module's database may fall due too: count them all.
         (due,) = await identity.sql(
             "select count(*) as n from identity.enforcement_actions where state = 'active' and until_time <= %s",
@@ -713,12 +705,12 @@ class TestActionsIssuedForLater:
         engine = create_engine_for(identity.database.url_for("identity"), pool_size=2)
         try:
             early = EnforcementExpiry(
-                IdentityService(SqlIdentityStore(engine), clock=Clock(START + timedelta(hours=1)))
+                IdentityService(SqlIdentityStore(engine), clock=FakeClock(START + timedelta(hours=1)))
             )
             await early.run_once()
             assert await stored_status() == "active"
             later = EnforcementExpiry(
-                IdentityService(SqlIdentityStore(engine), clock=Clock(START + timedelta(hours=3)))
+                IdentityService(SqlIdentityStore(engine), clock=FakeClock(START + timedelta(hours=3)))
             )
             await later.run_once()
             assert await stored_status() == "suspended"

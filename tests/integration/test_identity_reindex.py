@@ -26,13 +26,13 @@ from tests.conftest import Database
 from tests.integration.test_identity_verification_grpc import (
     ADULT,
     START,
-    Clock,
     Env,
     V,
     provider,
     standin,
     verify,
 )
+from tests.support import FakeClock
 
 __all__ = ["standin"]  # the verifier stand-in fixture, shared by import
 
@@ -45,7 +45,7 @@ def running(
     (tmp_path / "verifier.token").write_text("cr3d")
 
     @asynccontextmanager
-    async def start(index_keys: pathlib.Path, clock: Clock) -> AsyncIterator[tuple[Env, IndexRotation]]:
+    async def start(index_keys: pathlib.Path, clock: FakeClock) -> AsyncIterator[tuple[Env, IndexRotation]]:
         settings = IdentitySettings(
             trusted_keys_dir=keys_dir,  # type: ignore[call-arg]
             generate_keys=False,  # type: ignore[call-arg]
@@ -104,7 +104,7 @@ async def test_an_identity_stays_claimed_across_a_key_rotation_once_reindexed(
     index_keys = tmp_path / "index.keys"
     old_key, new_key = new_key_line("old"), new_key_line("new")
     index_keys.write_text(old_key + "\n")
-    clock = Clock(START)
+    clock = FakeClock(START)
 
     async with running(index_keys, clock) as (env, _):  # type: ignore[attr-defined]
         await one_identity_per_account(env, tenant)

@@ -36,7 +36,7 @@ from services.identity.verifier_standin import DEFAULT_DATA, VerifierStandIn, lo
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
 from tests.integration.test_identity_sms_verifier import serving
-from tests.support import ServerLog, details, violated_fields
+from tests.support import FakeClock, ServerLog, details, violated_fields
 
 pytestmark = pytest.mark.db
 
@@ -64,20 +64,12 @@ CLEAR_VALUES = [
 ]
 
 
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @dataclass
 class Env:
     stub: identity_pb2_grpc.IdentityServiceStub
     signer: TokenSigner
     database: Database
-    clock: Clock
+    clock: FakeClock
     sms_file: pathlib.Path
     standin: VerifierStandIn
     settings: IdentitySettings
@@ -124,7 +116,7 @@ async def env(
 ) -> AsyncIterator[Env]:
     tmp = tmp_path_factory.mktemp("idflow")
     (tmp / "verifier.token").write_text("cr3d")
-    clock = Clock(START)
+    clock = FakeClock(START)
     settings = IdentitySettings(
         trusted_keys_dir=keys_dir,  # type: ignore[call-arg]
         generate_keys=False,  # type: ignore[call-arg]

@@ -15,14 +15,23 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScope, Role, TokenSigner
+from avgate.kernel.principal import Principal, TokenSigner
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from tests.conftest import Database
-from tests.support import admin_sql, details, unpack
+from tests.support import (
+    Metadata,
+    admin_sql,
+    details,
+    incident_input,
+    provider,
+    regulator,
+    serve,
+    signer,
+    token_metadata,
+    unpack,
+)
 
 SERVICE = "/avgate.reporting.v1.IncidentService/"
 
@@ -33,9 +42,8 @@ class Reporting:
     signer: TokenSigner
     database: Database
 
-    def auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
-        token = self.signer.sign(principal, audience="reporting", method=SERVICE + method)
-        return ((TOKEN_METADATA_KEY, token),)
+    def auth(self, principal: Principal, method: str) -> Metadata:
+        return token_metadata(self.signer, principal, audience="reporting", method=SERVICE + method)
 
     def sql(self, query: str, **params: Any) -> list[Any]:
         return admin_sql(self.database.admin_url, query, **params)
@@ -52,45 +60,13 @@ async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator
         sequencer_enabled=False,
         dispatcher_enabled=False,  # these tests read the reports pending in the outbox
     )
-    process: GrpcProcess = await compose(settings)
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-    signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    try:
-        yield Reporting(reporting_pb2_grpc.IncidentServiceStub(channel), signer, database)
-    finally:
-        await channel.close()
-        await process.stop()
-
-
-def provider(tenant: str) -> Principal:
-    return Principal(role=Role.PROVIDER, subject=f"key-{tenant}", tenant_id=tenant, request_id="req-1")
-
-
-def regulator(departments: tuple[str, ...], regions: tuple[str, ...]) -> Principal:
-    return Principal(role=Role.REGULATOR, subject="reg-1", regulator_scope=RegulatorScope(departments, regions))
+    async with serve(await compose(settings)) as served:
+        yield Reporting(reporting_pb2_grpc.IncidentServiceStub(served.channel), signer(keys_dir), database)
 
 
 @pytest.fixture
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def incident_input(external_id: str = "ext-1", **changes: Any) -> reporting_pb2.IncidentInput:
-    fields: dict[str, Any] = {
-        "external_id": external_id,
-        "source": reporting_pb2.INCIDENT_SOURCE_SCREENING,
-        "category": reporting_pb2.INCIDENT_CATEGORY_PROHIBITED_CONTENT,
-        "prohibited_type": common_pb2.PROHIBITED_CONTENT_TYPE_VIOLENCE,
-        "legal_basis": [common_pb2.LegalBasis(instrument="NAVIS-2019", article="9")],
-        "facts": "Video showed graphic violence; transmission stopped.",
-        "content": [common_pb2.ContentRef(content_id="v-1", sha256="ab" * 32)],
-        "action": common_pb2.ActionTaken(type=common_pb2.ACTION_TYPE_TRANSMISSION_STOPPED),
-        "automated_detection": True,
-        "region_code": "110105",
-    }
-    fields.update(changes)
-    return reporting_pb2.IncidentInput(**fields)
 
 
 async def create(r: Reporting, tenant: str, item: reporting_pb2.IncidentInput) -> reporting_pb2.CreateIncidentResponse:

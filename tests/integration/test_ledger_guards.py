@@ -31,17 +31,17 @@ from avgate.kernel.db import (
     libpq_url,
     role_url,
 )
-from avgate.kernel.principal import Principal, Role
 from avgate.ledger.append import append
 from avgate.ledger.checkpoint import NoteSigner
 from avgate.ledger.entry import LedgerEntry
 from services.reporting.ledger.sequencer import LOCK_KEY, Sequencer
 from tests.conftest import Database
+from tests.support import service
 
 pytestmark = pytest.mark.db
 
 ORIGIN = "avgate.test/ledger"
-ACTOR = Principal(Role.SERVICE, "identity")
+ACTOR = service("identity")
 LOG_SIZE = 10
 DENIED = psycopg.errors.InsufficientPrivilege
 PERMISSION = "permission denied"

@@ -20,7 +20,6 @@ from avgate.kernel.db import (
     libpq_url,
     role_url,
 )
-from avgate.kernel.principal import Principal, Role
 from avgate.ledger import merkle
 from avgate.ledger.append import append
 from avgate.ledger.checkpoint import NoteSigner, open_note
@@ -28,9 +27,10 @@ from avgate.ledger.entry import LedgerEntry
 from avgate.ledger.prune import MANIFEST_HEADER, prune
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
+from tests.support import operator
 
 ORIGIN = "test.example/ledger"
-ACTOR = Principal(role=Role.OPERATOR, subject="ops")
+ACTOR = operator("ops")
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from avgate.kernel.db import (
     libpq_url,
     role_url,
 )
-from avgate.kernel.principal import Principal, Role
 from avgate.ledger import merkle
 from avgate.ledger.append import append
 from avgate.ledger.checkpoint import NoteSigner, NoteVerifier, UnverifiedNoteError, open_checkpoint
@@ -37,11 +36,12 @@ from avgate.ledger.entry import LedgerEntry
 from services.reporting.ledger.sequencer import LOCK_KEY, Sequencer
 from services.reporting.ledger.store import LedgerReader
 from tests.conftest import Database
+from tests.support import service
 
 pytestmark = pytest.mark.db
 
 ORIGIN = "avgate.test/ledger"
-ACTOR = Principal(Role.SERVICE, "identity", request_id="req-1")
+ACTOR = service("identity", request_id="req-1")
 
 
 # --------------------------------------------------------------------------- fixtures and helpers

@@ -22,12 +22,12 @@ import psycopg
 import pytest
 
 from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, create_database, drop_database, libpq_url, role_url
-from avgate.kernel.principal import Principal, Role
 from avgate.ledger import merkle
 from avgate.ledger.append import append
 from avgate.ledger.checkpoint import Checkpoint, NoteSigner, open_checkpoint, sign_checkpoint
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
-from avgate.ledger.verify import (
+from avgate.ledger.verify import verify_database
+from avgate.ledger.verify_report import (
     BAD_SIGNATURE,
     ENTRY_WITHOUT_LEAF_NODE,
     LEAF_HASH_MISMATCH,
@@ -37,15 +37,15 @@ from avgate.ledger.verify import (
     UNKNOWN_KEY,
     UNSIGNED_ENTRIES,
     VerifyReport,
-    verify_database,
 )
 from services.reporting.ledger.sequencer import Sequencer
 from tests.conftest import Database
+from tests.support import provider, service
 
 pytestmark = pytest.mark.db
 
 ORIGIN = "test.example/ledger"
-ACTOR = Principal(Role.SERVICE, "gateway", origin=Principal(Role.PROVIDER, "key-1", tenant_id="tenant-1"))
+ACTOR = service("gateway", origin=provider("tenant-1", subject="key-1", request_id=""))
 BATCHES = (7, 9, 6, 10, 8)
 HEAD_SIZES = (7, 16, 22, 32, 40)
 SIZE = 40
@@ -319,7 +319,7 @@ class TestVerifyNamesTheFirstBadEntry:
 
         # The worker processes a large ledger is verified with find exactly the same.
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("avgate.ledger.verify._PARALLEL_MIN_ENTRIES", 0)
+            patch.setattr("avgate.ledger.verify.PARALLEL_MIN_ENTRIES", 0)
             parallel = await verify(ledger.db, workers=2, batch_size=8)
         assert parallel.workers_used == 2
         assert (parallel.first_bad_index, kinds(parallel)) == (report.first_bad_index, kinds(report))

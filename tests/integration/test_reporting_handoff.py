@@ -28,13 +28,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.rows import dict_row
 
 from avgate.cli.outbox import replay
-from avgate.common.v1 import common_pb2
 from avgate.kernel.db import libpq_url
 from avgate.kernel.errors import InvalidArgument
 from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key, load_trusted_keys
+from avgate.kernel.keys import load_trusted_keys
 from avgate.kernel.outbox import ClaimedEvent, PermanentDeliveryError, RetryableDeliveryError
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner, TokenVerifier
+from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenVerifier
 from avgate.kernel.reporting_handoff import (
     CREATE_INCIDENT,
     DESTINATION,
@@ -53,6 +52,7 @@ from services.reporting.config import ReportingSettings
 from services.screening.__main__ import compose as compose_screening
 from services.screening.config import ScreeningSettings
 from tests.conftest import Database, free_port_block
+from tests.support import incident_input, signer, token_metadata
 
 SENDERS = ("identity", "screening", "complaints")
 COMPOSE = {
@@ -74,23 +74,6 @@ def provider(tenant: str, *, client_address: str | None = None) -> Principal:
         client_address=client_address,
         request_id=f"req-{uuid.uuid4().hex[:8]}",
     )
-
-
-def incident_input(external_id: str, **changes: Any) -> reporting_pb2.IncidentInput:
-    fields: dict[str, Any] = {
-        "external_id": external_id,
-        "source": reporting_pb2.INCIDENT_SOURCE_SCREENING,
-        "category": reporting_pb2.INCIDENT_CATEGORY_PROHIBITED_CONTENT,
-        "prohibited_type": common_pb2.PROHIBITED_CONTENT_TYPE_VIOLENCE,
-        "legal_basis": [common_pb2.LegalBasis(instrument="NAVIS-2019", article="9")],
-        "facts": "Video showed graphic violence; transmission stopped.",
-        "content": [common_pb2.ContentRef(content_id="v-1", sha256="ab" * 32)],
-        "action": common_pb2.ActionTaken(type=common_pb2.ACTION_TYPE_TRANSMISSION_STOPPED),
-        "automated_detection": True,
-        "region_code": "110105",
-    }
-    fields.update(changes)
-    return reporting_pb2.IncidentInput(**fields)
 
 
 @pytest.fixture
@@ -201,15 +184,14 @@ async def reporting_port(database: Database, keys_dir: pathlib.Path) -> AsyncIte
 
 def get_incident(port: int, keys_dir: pathlib.Path, origin: Principal, incident_id: str) -> Awaitable[Any]:
     """GetIncident as the gateway would forward it for `origin`."""
-    signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    token = signer.sign(origin, audience="reporting", method="/avgate.reporting.v1.IncidentService/GetIncident")
+    metadata = token_metadata(
+        signer(keys_dir), origin, audience="reporting", method="/avgate.reporting.v1.IncidentService/GetIncident"
+    )
 
     async def call() -> reporting_pb2.GetIncidentResponse:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = reporting_pb2_grpc.IncidentServiceStub(channel)
-            return await stub.GetIncident(
-                reporting_pb2.GetIncidentRequest(incident_id=incident_id), metadata=((TOKEN_METADATA_KEY, token),)
-            )
+            return await stub.GetIncident(reporting_pb2.GetIncidentRequest(incident_id=incident_id), metadata=metadata)
 
     return call()
 
@@ -223,10 +205,6 @@ def claimed(payload: bytes, attempt: int = 1) -> ClaimedEvent:
         attempt=attempt,
         created_at=datetime.now(UTC),
     )
-
-
-def service_signer(keys_dir: pathlib.Path, name: str) -> TokenSigner:
-    return TokenSigner(SigningKey(name, load_private_key(keys_dir / f"{name}.key")))
 
 
 # --------------------------------------------------------------------------- enqueueing
@@ -328,7 +306,7 @@ class TestIdempotency:
     ) -> None:
         # A dispatcher that crashes between delivering and recording delivers the event again.
         event = incident_event(incident_input("again"), origin=provider(tenant))
-        delivery = ReportingDelivery(f"127.0.0.1:{reporting_port}", service_signer(keys_dir, "screening"))
+        delivery = ReportingDelivery(f"127.0.0.1:{reporting_port}", signer(keys_dir, "screening"))
         try:
             first = await delivery.deliver(claimed(event.payload))
             second = await delivery.deliver(claimed(event.payload, attempt=2))
@@ -480,7 +458,7 @@ async def scripted() -> AsyncIterator[tuple[ScriptedReporting, str]]:
 
 @pytest.fixture
 async def delivery(scripted: tuple[ScriptedReporting, str], keys_dir: pathlib.Path) -> AsyncIterator[ReportingDelivery]:
-    handoff = ReportingDelivery(scripted[1], service_signer(keys_dir, "complaints"), timeout=2.0)
+    handoff = ReportingDelivery(scripted[1], signer(keys_dir, "complaints"), timeout=2.0)
     try:
         yield handoff
     finally:
@@ -518,7 +496,7 @@ class TestDeliveryOutcomes:
         self, scripted: tuple[ScriptedReporting, str], keys_dir: pathlib.Path
     ) -> None:
         scripted[0].delay = 2.0
-        impatient = ReportingDelivery(scripted[1], service_signer(keys_dir, "identity"), timeout=0.2)
+        impatient = ReportingDelivery(scripted[1], signer(keys_dir, "identity"), timeout=0.2)
         try:
             with pytest.raises(RetryableDeliveryError, match="DEADLINE_EXCEEDED"):
                 await impatient.deliver(claimed(incident_event(incident_input("slow"), origin=provider("t-a")).payload))

@@ -22,34 +22,36 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, RegulatorScope, Role, TokenSigner
+from avgate.kernel.principal import Principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from tests.conftest import Database
-from tests.support import admin_sql, details, violated_fields
+from tests.support import (
+    Tokens,
+    admin_sql,
+    details,
+    operator,
+    provider,
+    regulator,
+    serve,
+    service,
+    signer,
+    violated_fields,
+)
 
 pytestmark = pytest.mark.db
 
 SERVICE = "/avgate.reporting.v1.RumorService/"
 CLAIM_ZH = "5G基站会传播新冠病毒，导致人感染"
 CLAIM_EN = "Drinking hot water cures coronavirus infection"
-OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1", request_id="req-ops")
+OPERATOR = operator("ops-1", request_id="req-ops")
 
 
 @dataclass
 class Replica:
     stub: reporting_pb2_grpc.RumorServiceStub
-    gateway: TokenSigner
-    screening: TokenSigner
-
-    def auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
-        # Outside callers come through the gateway; a service signs its own token.
-        signer = self.screening if principal.role is Role.SERVICE else self.gateway
-        token = signer.sign(principal, audience="reporting", method=SERVICE + method)
-        return ((TOKEN_METADATA_KEY, token),)
+    auth: Tokens  # outside callers come through the gateway; a service signs its own token
 
     async def add(self, caller: Principal, request_id: str | None = None, **fields: Any) -> reporting_pb2.RefutedRumor:
         reply = await self.stub.AddRefutedRumor(
@@ -94,8 +96,7 @@ class Reporting:
 
 @pytest.fixture(scope="module")
 async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator[Reporting]:
-    gateway = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    screening = TokenSigner(SigningKey("screening", load_private_key(keys_dir / "screening.key")))
+    tokens = Tokens(signer(keys_dir), "reporting", SERVICE, services={"screening": signer(keys_dir, "screening")})
 
     @asynccontextmanager
     async def replica(refresh_seconds: float) -> AsyncIterator[Replica]:
@@ -109,29 +110,15 @@ async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator
             dispatcher_enabled=False,
             rumor_index_refresh_seconds=refresh_seconds,
         )
-        process: GrpcProcess = await compose(settings)
-        await process.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-        try:
-            yield Replica(reporting_pb2_grpc.RumorServiceStub(channel), gateway, screening)
-        finally:
-            await channel.close()
-            await process.stop()
+        async with serve(await compose(settings)) as served:
+            yield Replica(reporting_pb2_grpc.RumorServiceStub(served.channel), tokens)
 
     async with replica(2.0) as main:
         yield Reporting(database, replica, main)
 
 
-def provider(tenant: str) -> Principal:
-    return Principal(role=Role.PROVIDER, subject=f"key-{tenant}", tenant_id=tenant, request_id="req-1")
-
-
 def screening_for(tenant: str) -> Principal:
-    return Principal(role=Role.SERVICE, subject="screening", origin=provider(tenant))
-
-
-def regulator() -> Principal:
-    return Principal(role=Role.REGULATOR, subject="reg-1", regulator_scope=RegulatorScope(("cyberspace",), ("000000",)))
+    return service("screening", origin=provider(tenant))
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:

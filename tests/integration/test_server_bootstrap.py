@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from avgate.common.v1 import common_pb2
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.grpc.server import GrpcProcess, ServiceRegistration
-from avgate.kernel.keys import SigningKey, load_private_key
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
+from avgate.kernel.principal import TokenSigner
 from avgate.kernel.process import service_process
 from services.identity.config import IdentitySettings
+from tests.support import Metadata, provider, serve, signer, token_metadata
 
 SERVICE = "avgate.identity.v1.IdentityService"
 CHECK_ELIGIBILITY = f"/{SERVICE}/CheckEligibility"
@@ -66,9 +66,9 @@ class Server:
     def target(self) -> str:
         return f"127.0.0.1:{self.process.port}"
 
-    def token(self) -> tuple[tuple[str, str], ...]:
-        principal = Principal(role=Role.PROVIDER, subject="k", tenant_id="tenant-a", request_id="r")
-        return ((TOKEN_METADATA_KEY, self.signer.sign(principal, audience="identity", method=CHECK_ELIGIBILITY)),)
+    def token(self) -> Metadata:
+        principal = provider("tenant-a", subject="k", request_id="r")
+        return token_metadata(self.signer, principal, audience="identity", method=CHECK_ELIGIBILITY)
 
     async def check(self, user_id: str = "u", *, channel: grpc.aio.Channel | None = None, **kwargs: object) -> object:
         stub = identity_pb2_grpc.IdentityServiceStub(channel or self.channel)
@@ -97,17 +97,12 @@ async def server(keys_dir: pathlib.Path, drain_delay: float) -> AsyncIterator[Se
     registration = ServiceRegistration(
         SlowIdentity(), identity_pb2_grpc.add_IdentityServiceServicer_to_server, [SERVICE]
     )
-    process = service_process(settings, [registration])
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-    signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    try:
-        yield Server(process, channel, signer)
-    finally:
-        if CONTROL.hold is not None:
-            CONTROL.hold.set()
-        await channel.close()
-        await process.stop()
+    async with serve(service_process(settings, [registration])) as served:
+        try:
+            yield Server(served.process, served.channel, signer(keys_dir))
+        finally:
+            if CONTROL.hold is not None:
+                CONTROL.hold.set()
 
 
 async def _refusal(call: asyncio.Future[object] | object) -> grpc.StatusCode:

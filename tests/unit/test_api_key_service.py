@@ -5,7 +5,6 @@ gateway."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +15,7 @@ from avgate.kernel.principal import Principal, RegulatorScope, Role
 from gateway.domain import ApiKey, StoredApiKey
 from gateway.service import ApiKeyService, CreatedKey
 from gateway.store import InMemoryApiKeyStore
+from tests.support import FakeClock
 
 OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
 ACME = Principal(role=Role.PROVIDER, subject="ak-acme", tenant_id="acme")
@@ -28,22 +28,9 @@ PUBLIC = Principal(role=Role.PUBLIC, subject="anonymous")
 BEIJING_CYBERSPACE = RegulatorScope(("cyberspace",), ("110000",))
 
 
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: datetime = field(default_factory=lambda: datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 12, 1, 9, 0, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -52,7 +39,7 @@ def store() -> InMemoryApiKeyStore:
 
 
 @pytest.fixture
-def service(store: InMemoryApiKeyStore, clock: Clock) -> ApiKeyService:
+def service(store: InMemoryApiKeyStore, clock: FakeClock) -> ApiKeyService:
     return ApiKeyService(store, clock=clock)
 
 
@@ -82,7 +69,7 @@ def violated_fields(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
 
 class TestCreatingKeys:
     async def test_provider_key_belongs_to_its_tenant_and_opens_the_gateway(
-        self, service: ApiKeyService, clock: Clock
+        self, service: ApiKeyService, clock: FakeClock
     ) -> None:
         created = await service.create(OPERATOR, **request(display_name="  acme uploader  "))
 
@@ -104,7 +91,7 @@ class TestCreatingKeys:
         assert stored is not None
         assert created.secret.encode() not in stored.secret_hash
 
-    async def test_ttl_sets_the_expire_time(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_ttl_sets_the_expire_time(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await service.create(OPERATOR, **request(ttl=timedelta(days=90)))
 
         assert created.key.expire_time == clock.now + timedelta(days=90)
@@ -340,7 +327,7 @@ class TestListingKeys:
 
         assert (keys, next_token) == ([], "")
 
-    async def test_operator_sees_every_key(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_operator_sees_every_key(self, service: ApiKeyService, clock: FakeClock) -> None:
         acme = await create_provider_key(service, "acme")
         clock.advance(timedelta(seconds=1))
         public = await service.create(OPERATOR, **request(role=Role.PUBLIC, tenant_id=""))
@@ -360,7 +347,9 @@ class TestListingKeys:
         assert keys == [globex.key]
 
     @pytest.mark.parametrize("step", [timedelta(seconds=1), timedelta(0)], ids=["distinct-times", "same-instant"])
-    async def test_pages_continue_without_overlap(self, service: ApiKeyService, clock: Clock, step: timedelta) -> None:
+    async def test_pages_continue_without_overlap(
+        self, service: ApiKeyService, clock: FakeClock, step: timedelta
+    ) -> None:
         created = []
         for i in range(5):
             created.append((await create_provider_key(service, "acme", f"key {i}")).key)
@@ -430,7 +419,7 @@ class TestListingKeys:
 
 
 class TestRevokingKeys:
-    async def test_revoked_key_no_longer_authenticates(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_revoked_key_no_longer_authenticates(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await create_provider_key(service, "acme")
 
         revoked = await service.revoke(ACME, key_id=created.key.key_id, reason="  leaked in a log  ")
@@ -440,7 +429,7 @@ class TestRevokingKeys:
         with pytest.raises(Unauthenticated):
             await service.authenticate(created.secret)
 
-    async def test_revoking_twice_keeps_the_first_revoke_time(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_revoking_twice_keeps_the_first_revoke_time(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await create_provider_key(service, "acme")
         first = await service.revoke(OPERATOR, key_id=created.key.key_id, reason="leaked")
         clock.advance(timedelta(hours=1))
@@ -497,7 +486,7 @@ class TestRotatingKeys:
         assert rotated.secret != created.secret
         assert await service.authenticate(rotated.secret) == created.key
 
-    async def test_old_secret_works_during_grace_and_not_after(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_old_secret_works_during_grace_and_not_after(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await create_provider_key(service, "acme")
         rotated = await service.rotate(ACME, key_id=created.key.key_id, grace=timedelta(hours=2))
         assert rotated.previous_secret_expire_time == clock.now + timedelta(hours=2)
@@ -510,7 +499,7 @@ class TestRotatingKeys:
             await service.authenticate(created.secret)
         assert (await service.authenticate(rotated.secret)).key_id == created.key.key_id
 
-    async def test_default_grace_is_a_day(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_default_grace_is_a_day(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await create_provider_key(service, "acme")
 
         rotated = await service.rotate(OPERATOR, key_id=created.key.key_id, grace=None)
@@ -540,7 +529,7 @@ class TestRotatingKeys:
         stored = await store.get(created.key.key_id)
         assert stored is not None and stored.previous_secret_hash is None
 
-    async def test_thirty_days_of_grace_is_allowed(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_thirty_days_of_grace_is_allowed(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await create_provider_key(service, "acme")
 
         rotated = await service.rotate(OPERATOR, key_id=created.key.key_id, grace=timedelta(days=30))
@@ -589,7 +578,7 @@ class TestAuthenticating:
         with pytest.raises(Unauthenticated):
             await service.authenticate(f"avgk_{created.key.key_id}_" + "x" * 43)
 
-    async def test_expired_key_is_unauthenticated(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_expired_key_is_unauthenticated(self, service: ApiKeyService, clock: FakeClock) -> None:
         created = await service.create(OPERATOR, **request(ttl=timedelta(days=1)))
         clock.advance(timedelta(days=1) - timedelta(microseconds=1))
         assert await service.authenticate(created.secret) == created.key
@@ -599,7 +588,7 @@ class TestAuthenticating:
             await service.authenticate(created.secret)
 
     async def test_valid_secret_returns_the_key_and_records_its_use(
-        self, service: ApiKeyService, store: InMemoryApiKeyStore, clock: Clock
+        self, service: ApiKeyService, store: InMemoryApiKeyStore, clock: FakeClock
     ) -> None:
         created = await create_provider_key(service, "acme")
         clock.advance(timedelta(minutes=5))
@@ -610,7 +599,7 @@ class TestAuthenticating:
         assert stored is not None and stored.key.last_used_time == clock.now
 
     async def test_recording_use_cannot_undo_a_concurrent_revoke(
-        self, store: InMemoryApiKeyStore, clock: Clock
+        self, store: InMemoryApiKeyStore, clock: FakeClock
     ) -> None:
         """The revoke lands between the lookup of the key and the write of its last use."""
         revoke_now = asyncio.Event()
@@ -639,7 +628,7 @@ class TestAuthenticating:
 
 
 class TestDevelopmentKeys:
-    async def test_only_active_development_keys_are_reported(self, service: ApiKeyService, clock: Clock) -> None:
+    async def test_only_active_development_keys_are_reported(self, service: ApiKeyService, clock: FakeClock) -> None:
         active = await service.create(OPERATOR, **request(development=True))
         revoked = await service.create(OPERATOR, **request(development=True))
         await service.create(OPERATOR, **request(development=True, ttl=timedelta(hours=1)))

@@ -25,6 +25,7 @@ from services.reporting.incidents.domain import (
 )
 from services.reporting.incidents.service import IncidentService
 from services.reporting.incidents.store import InMemoryIncidentStore
+from tests.support import FakeClock
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 PROVIDER_A = Principal(role=Role.PROVIDER, subject="key-a", tenant_id="tenant-a")
@@ -51,15 +52,6 @@ def incident(external_id: str = "ext-1", **changes: object) -> IncidentInput:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
 @pytest.fixture
 def store() -> InMemoryIncidentStore:
     return InMemoryIncidentStore()
@@ -67,7 +59,7 @@ def store() -> InMemoryIncidentStore:
 
 @pytest.fixture
 def service(store: InMemoryIncidentStore) -> IncidentService:
-    return IncidentService(store, RoutingRules(), clock=Clock())
+    return IncidentService(store, RoutingRules(), clock=FakeClock(T0, tick=timedelta(seconds=1)))
 
 
 def fields(error: InvalidArgument) -> set[str]:

@@ -22,8 +22,7 @@ from opentelemetry import trace
 from avgate.kernel import errors
 from avgate.kernel.grpc.auth import metadata_value
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
-from avgate.kernel.principal import _current as _current_principal
-from avgate.kernel.principal import accepted_request_id
+from avgate.kernel.principal import accepted_request_id, bound_principal
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def status_for(error: errors.DomainError, request_id: str | None = None) -> stat
         )
     if isinstance(error, (errors.ResourceExhausted, errors.DependencyUnavailable)):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_retry_delay(error.retry_after_seconds))))
-    principal = _current_principal.get()
+    principal = bound_principal()
     request_id = request_id or (principal.request_id if principal is not None else None)
     if request_id:
         details.append(_pack(error_details_pb2.RequestInfo(request_id=request_id)))

@@ -8,6 +8,9 @@ from sqlalchemy import create_engine, pool
 config = context.config
 owner = config.attributes["owner"]
 metadata = owner.metadata()
+if metadata.schema != owner.schema:
+    # The models' SCHEMA names the schema their tables live in; it must be the one this process owns.
+    raise SystemExit(f"{owner.package}.models puts its tables in {metadata.schema!r}, not {owner.schema!r}")
 
 
 def include_name(name, type_, parent_names):  # type: ignore[no-untyped-def]

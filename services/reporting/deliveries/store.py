@@ -1,7 +1,7 @@
 """Where deliveries are read and changed: a small interface and its SQL
 implementation, plus the writes that ride in other transactions.
 
-- `add_subjects` (services.reporting.deliveries.subjects): in the incident's
+- `add_subjects` (services.reporting.incidents.delivery_subjects): in the incident's
   transaction, one row per report queued.
 - `record_outcomes`: the kernel dispatcher's `on_recorded` hook, in the
   transaction that records outcomes: the attempt history, then the status
@@ -46,12 +46,16 @@ from services.reporting.deliveries.domain import (
     ReplayOutcome,
     incident_status_after,
 )
+from services.reporting.feed.writer import FeedWriter
 from services.reporting.incidents.domain import IncidentStatus
 from services.reporting.incidents.store import set_incident_status
 from services.reporting.models import SCHEMA, delivery_attempts, delivery_subjects, outbox
 
 DISPATCHER = Principal(role=Role.SERVICE, subject="reporting/dispatcher")
 """Who the ledger names for what delivering changes."""
+
+# Every status a delivery settles is also a regulator-feed item, in the same transaction.
+FEED = FeedWriter()
 
 
 class DeliveryStore(Protocol):
@@ -152,6 +156,7 @@ async def settle_incidents(
         changes,
         actor=actor,
         reason=reason,
+        change_log=FEED,
         data={i: {"deliveries": dict(sorted(counts[i].items()))} for i in changes},
     )
     return changes

@@ -1,27 +1,22 @@
 """Writes regulator-feed items inside the transaction that changed an incident.
 
-The incident stores call it (a creation, an acknowledgement, evidence
-attached, a status the deliveries settled), so an item commits with its
-change or not at all. Reading the feed is services.reporting.feed.store's.
+The incident stores call it through their `ChangeLog` interface (a
+creation, an acknowledgement, evidence attached, a status the deliveries
+settled), so an item commits with its change or not at all; the composition
+root hands it to them. Reading the feed is services.reporting.feed.store's.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from avgate.kernel.db import transaction_driver
-from services.reporting.incidents.domain import Incident
+from services.reporting.incidents.domain import Incident, IncidentChange
 from services.reporting.incidents.wire import incident_payload
 from services.reporting.models import feed_items
-
-
-class FeedKind(enum.Enum):
-    INCIDENT_CREATED = "incident_created"
-    INCIDENT_UPDATED = "incident_updated"
 
 
 class FeedWriter:
@@ -36,12 +31,12 @@ class FeedWriter:
     def __init__(self, encode: Callable[[Incident], bytes] = incident_payload):
         self._encode = encode
 
-    async def write(self, conn: AsyncConnection, kind: FeedKind, changed: Sequence[Incident]) -> None:
+    async def write(self, conn: AsyncConnection, kind: IncidentChange, changed: Sequence[Incident]) -> None:
         if not changed:
             return
         await conn.execute(feed_items.insert(), [self.row(kind, i) for i in changed])
 
-    async def write_on_driver(self, conn: Any, kind: FeedKind, changed: Sequence[Incident]) -> None:
+    async def write_on_driver(self, conn: Any, kind: IncidentChange, changed: Sequence[Incident]) -> None:
         """`write` for a change made below the SQLAlchemy layer (statuses after delivery): `conn` is
         a SQLAlchemy or psycopg connection with its transaction begun."""
         if not changed:
@@ -55,7 +50,7 @@ class FeedWriter:
                 [tuple(r[c] for c in columns) for r in rows],
             )
 
-    def row(self, kind: FeedKind, incident: Incident) -> dict[str, Any]:
+    def row(self, kind: IncidentChange, incident: Incident) -> dict[str, Any]:
         return {
             "kind": kind.value,
             "incident_id": incident.incident_id,

@@ -56,6 +56,13 @@ class IncidentStatus(enum.Enum):
     DELIVERY_FAILED = "delivery_failed"
 
 
+class IncidentChange(enum.Enum):
+    """What happened to an incident, as the regulator feed records it (its stored `kind`)."""
+
+    CREATED = "incident_created"
+    UPDATED = "incident_updated"
+
+
 @dataclass(frozen=True)
 class ContentRef:
     content_id: str

@@ -31,9 +31,8 @@ from avgate.kernel.paging import Cursor
 from avgate.kernel.principal import Principal
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
-from services.reporting.deliveries.subjects import Subject, add_subjects
 from services.reporting.domain import EvidenceRef, Route
-from services.reporting.feed.writer import FeedKind, FeedWriter
+from services.reporting.incidents.delivery_subjects import Subject, add_subjects
 from services.reporting.incidents.domain import (
     Acknowledgement,
     ActionTaken,
@@ -42,6 +41,7 @@ from services.reporting.incidents.domain import (
     ExternalIdTaken,
     Incident,
     IncidentCategory,
+    IncidentChange,
     IncidentInput,
     IncidentQuery,
     IncidentSource,
@@ -51,6 +51,21 @@ from services.reporting.incidents.domain import (
     UserRef,
 )
 from services.reporting.models import SCHEMA, evidence, evidence_attachments, incidents
+
+
+class ChangeLog(Protocol):
+    """Records each change of an incident in the transaction that made it.
+
+    The regulator feed's writer (services.reporting.feed.writer.FeedWriter) is
+    the one implementation; it is injected, so incidents never import the feed
+    that reads them.
+    """
+
+    async def write(self, conn: AsyncConnection, kind: IncidentChange, changed: Sequence[Incident]) -> None: ...
+
+    async def write_on_driver(self, conn: Any, kind: IncidentChange, changed: Sequence[Incident]) -> None:
+        """`write` for a change made below SQLAlchemy: `conn` is either layer's connection, transaction begun."""
+        ...
 
 
 class IncidentStore(Protocol):
@@ -144,7 +159,7 @@ class InMemoryIncidentStore:
 
 
 class SqlIncidentStore:
-    def __init__(self, engine: AsyncEngine, feed: FeedWriter):
+    def __init__(self, engine: AsyncEngine, feed: ChangeLog):
         self._engine = engine
         self._feed = feed
 
@@ -184,7 +199,7 @@ class SqlIncidentStore:
         that collided; the caller's transaction is then lost.
         """
         await conn.execute(incidents.insert(), [_to_row(item.incident) for item in new])
-        await self._feed.write(conn, FeedKind.INCIDENT_CREATED, [item.incident for item in new])
+        await self._feed.write(conn, IncidentChange.CREATED, [item.incident for item in new])
         for item in new:
             await ledger_append(conn, item.audit)
             for report in item.reports:
@@ -196,7 +211,7 @@ class SqlIncidentStore:
         """A regulator-feed item for an incident changed in `conn`'s transaction (evidence attached, ...)."""
         incident = await self._get(conn, incident_id)
         if incident is not None:
-            await self._feed.write(conn, FeedKind.INCIDENT_UPDATED, [incident])
+            await self._feed.write(conn, IncidentChange.UPDATED, [incident])
 
     async def find_by_external_ids(self, tenant_id: str, external_ids: Sequence[str]) -> dict[str, Incident]:
         if not external_ids:
@@ -241,7 +256,7 @@ class SqlIncidentStore:
                 )
             )
             await ledger_append(conn, audit)
-            await self._feed.write(conn, FeedKind.INCIDENT_UPDATED, [updated])
+            await self._feed.write(conn, IncidentChange.UPDATED, [updated])
         return updated
 
     async def record(self, audit: LedgerEntry) -> None:
@@ -277,6 +292,7 @@ async def set_incident_status(
     reason: str = "",
     data: Mapping[str, Mapping[str, Any]] | None = None,
     at: datetime | None = None,
+    change_log: ChangeLog,
 ) -> dict[str, IncidentStatus]:
     """Moves each incident of `changes` to its status, each with its ledger entry ("incident.status",
     with `data[incident_id]` added) and its regulator-feed item; returns the previous status of those
@@ -312,7 +328,7 @@ async def set_incident_status(
                 await ledger_append(driver, entry)
         # The regulator feed shows every status change, as the incident now is.
         now = await load_incidents(driver, sorted(changed))
-        await FeedWriter().write_on_driver(driver, FeedKind.INCIDENT_UPDATED, now)
+        await change_log.write_on_driver(driver, IncidentChange.UPDATED, now)
     return {incident_id: previous for incident_id, (_, previous) in changed.items()}
 
 

@@ -1,8 +1,9 @@
 """What each queued report is about, written in the transaction that queues it.
 
 The incident store (and so a security assessment's) writes one subject row
-beside each outbox event; DeliveryService reads them back to say which
-tenant, incident, department and region a delivery is for.
+beside each outbox event when it queues an incident's reports;
+services.reporting.deliveries reads them back to say which tenant, incident,
+department and region a delivery is for.
 """
 
 from __future__ import annotations

@@ -1,0 +1,18 @@
+"""The e2e fixtures: the whole stack, started by `avgate run` once per test
+module (against that module's fresh database) and stopped after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Database, free_port_block
+from tests.support import RunningStack, run_stack
+
+
+@pytest.fixture(scope="module")
+def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    # One block: gateway, the four services, then five metrics ports.
+    with run_stack(database.admin_url, tmp_path_factory.mktemp("stack"), free_port_block(10)) as stack:
+        yield stack

@@ -1,0 +1,81 @@
+"""The whole stack as `avgate run` starts it: the gateway and the four services
+as separate processes, described in `<state dir>/stack.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+START_SECONDS = 90
+STOP_SECONDS = 40
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    state_dir: pathlib.Path
+    description: dict[str, Any]
+
+    @property
+    def gateway(self) -> str:
+        return str(self.description["gateway"])
+
+
+@contextmanager
+def run_stack(database_url: str, state_dir: pathlib.Path, base_port: int) -> Iterator[RunningStack]:
+    """`avgate run` against `database_url`, on ten consecutive ports from `base_port`
+    (gateway, the four services, then five metrics ports); Ctrl-C'd afterwards."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    env["DATABASE_URL"] = database_url
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "avgate.cli.main",
+            "run",
+            "--state-dir",
+            str(state_dir),
+            "--gateway-port",
+            str(base_port),
+            "--service-port-base",
+            str(base_port + 1),
+            "--metrics-port-base",
+            str(base_port + 5),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    described = state_dir / "stack.json"
+    deadline = time.monotonic() + START_SECONDS
+    while not described.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            output = process.stdout.read().decode() if process.stdout else ""
+            logs = "".join(
+                f"\n--- {log.name} (last lines)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                for log in sorted((state_dir / "logs").glob("*.log"))
+            )
+            pytest.fail(f"avgate run did not come up:\n{output}{logs}")
+        time.sleep(0.2)
+    stack = RunningStack(process, state_dir, json.loads(described.read_text()))
+    try:
+        yield stack
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=STOP_SECONDS)
