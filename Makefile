@@ -74,11 +74,17 @@ format: install ## Apply ruff's formatting and safe fixes
 .PHONY: check
 check: lint test ## Exactly what CI runs
 
+# Sizes, for example BENCH_LEDGER_ARGS="--entries 5000" (docs/BENCHMARKS.md names the ones its figures used).
+BENCH_LEDGER_ARGS ?=
+BENCH_DISPATCHER_ARGS ?=
+# Every benchmark on the same server: TEST_DATABASE_URL, else DATABASE_URL (as the test fixtures pick), else embedded.
+BENCH_DB = DATABASE_URL="$${TEST_DATABASE_URL:-$$DATABASE_URL}"
+
 .PHONY: bench
-bench: install ## Run the benchmarks (side by side, figures go to docs/BENCHMARKS.md)
-	$(BIN)/avgate bench ledger
-	$(BIN)/avgate bench dispatcher
-	$(BIN)/python -m pytest -m bench tests/bench -s
+bench: install ## Run every benchmark (side by side; GOAL | FIGURE | MET/MISSED lines; figures go to docs/BENCHMARKS.md)
+	$(BENCH_DB) $(BIN)/avgate bench ledger $(BENCH_LEDGER_ARGS)
+	$(BENCH_DB) $(BIN)/avgate bench dispatcher $(BENCH_DISPATCHER_ARGS)
+	$(BENCH_DB) $(BIN)/python -m pytest -m bench tests/bench -s
 
 .PHONY: clean
 clean: ## Remove generated code, tools and the virtual environment (keeps .avgate state)

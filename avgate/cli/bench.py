@@ -10,7 +10,7 @@ def _ledger(args: argparse.Namespace) -> int:
     from avgate.bench.ledger import main
 
     command = "avgate bench ledger " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "avgate bench ledger"
-    return main(args.entries, args.proof_size, command.strip())
+    return main(args.entries, args.proof_size, command.strip(), args.head_every)
 
 
 def _dispatcher(args: argparse.Namespace) -> int:
@@ -30,6 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     ledger.add_argument("--entries", type=int, default=20_000, help="appends per writer count and stack")
     ledger.add_argument("--proof-size", type=int, default=1_000_000, help="ledger size for verification and proofs")
+    ledger.add_argument(
+        "--head-every",
+        type=int,
+        default=None,
+        help="entries per signed head in the verified ledger (default: production density, one head per "
+        "sequencer batch at 5,000 appends/s)",
+    )
     ledger.set_defaults(func=_ledger)
     dispatcher = which.add_parser(
         "dispatcher",

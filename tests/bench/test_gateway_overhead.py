@@ -5,7 +5,10 @@ The whole stack runs as processes (`avgate run`). The same unary call
 INVALID_ARGUMENT past the principal check, before its database) is made with 16 calls in flight:
 directly to identity with a freshly signed principal token per call, then
 through the gateway with an API key (key lookup, token signing, relay).
-Run with `make bench`; record the printed figures in docs/BENCHMARKS.md.
+No issue sets a goal for the overhead: the ratio is tracked (NO GOAL). What
+the test asserts is what every call got: identity's INVALID_ARGUMENT, through
+either path. Run with `make bench`; record the printed figures in
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 import grpc
 import pytest
 
+from avgate.bench.verdict import Verdict
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
@@ -83,4 +87,5 @@ async def test_gateway_pass_through_overhead(running: RunningStack) -> None:
         f"  gateway/direct throughput ratio: {gateway_rate / direct_rate:.2f}"
         f"  (median latency x{statistics.median(gateway_lat) / statistics.median(direct_lat):.2f})"
     )
-    assert gateway_rate > 0 and direct_rate > 0
+    ratio = gateway_rate / direct_rate
+    print(Verdict("gateway / direct throughput, unary call", "none set (tracked)", f"{ratio:.2f}x", None).line())
