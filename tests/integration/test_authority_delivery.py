@@ -31,9 +31,9 @@ from services.reporting.config import ReportingSettings
 from services.reporting.incidents.domain import outbox_event_id
 from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
-from tests.integration.test_incidents_grpc import Reporting, create
 from tests.support import incident_input, serve, signer
 from tests.support.http import LocalHttpServer
+from tests.support.reporting import Reporting, create
 
 # PROHIBITED_CONTENT routes to cyberspace (HTTP here) and radio_television (a file drop here).
 HTTP_DEPARTMENT = "cyberspace"

@@ -32,7 +32,6 @@ from services.reporting.incidents.domain import outbox_event_id
 from services.reporting.wiring import authority_dispatcher
 from tests.conftest import Database
 from tests.integration.authority_server import AuthorityServer
-from tests.integration.test_incidents_grpc import Reporting
 from tests.support import (
     Metadata,
     details,
@@ -45,6 +44,7 @@ from tests.support import (
     stored_rows,
     token_metadata,
 )
+from tests.support.reporting import Reporting
 
 DELIVERIES = "/avgate.reporting.v1.DeliveryService/"
 INCIDENTS = "/avgate.reporting.v1.IncidentService/"

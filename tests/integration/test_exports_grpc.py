@@ -32,10 +32,8 @@ from avgate.ledger.entry import LedgerEntry
 from avgate.reporting.v1 import reporting_pb2
 from services.reporting.feed.export_store import SqlExportStore
 from services.reporting.feed.exports import ExportBuilder, ExportService
-from tests.integration.test_feed_grpc import CYBERSPACE_BEIJING, OPERATOR, Feed, create_many, feed, tenant
 from tests.support import details, regulator
-
-__all__ = ["feed", "tenant"]  # fixtures shared by import
+from tests.support.reporting import CYBERSPACE_BEIJING, OPERATOR, Feed, create_many
 
 
 def window() -> reporting_pb2.IncidentFilter:

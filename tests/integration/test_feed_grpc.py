@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import pathlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,136 +20,16 @@ from google.rpc import error_details_pb2
 from avgate.common.v1 import common_pb2
 from avgate.kernel import convert
 from avgate.kernel.db import create_engine_for, libpq_url
-from avgate.kernel.grpc.server import GrpcProcess
-from avgate.kernel.keys import SigningKey, load_private_key
-from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
-from avgate.ledger.checkpoint import NoteSigner, NoteVerifier, open_checkpoint
-from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
-from services.reporting.__main__ import compose
-from services.reporting.config import ReportingSettings
+from avgate.kernel.principal import Principal, Role
+from avgate.ledger.checkpoint import open_checkpoint
+from avgate.reporting.v1 import reporting_pb2
 from services.reporting.feed.service import FeedRequest, FeedService
 from services.reporting.feed.store import SqlFeedStore
 from services.reporting.feed.writer import FeedWriter
 from services.reporting.incidents.domain import IncidentFilter, IncidentStatus
 from services.reporting.incidents.store import set_incident_status
-from tests.conftest import Database
-from tests.support import admin_sql, details, incident_input, ledger_entries, provider, regulator
-
-ORIGIN = "avgate.test/feed"
-OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
-CYBERSPACE_BEIJING = regulator(("cyberspace",), ("110000",))
-
-
-@dataclass
-class Feed:
-    incidents: reporting_pb2_grpc.IncidentServiceStub
-    feed: reporting_pb2_grpc.RegulatorFeedServiceStub
-    evidence: reporting_pb2_grpc.EvidenceServiceStub
-    signer: TokenSigner
-    database: Database
-    verifier: NoteVerifier
-    settings: ReportingSettings
-
-    def auth(self, principal: Principal, service: str, method: str) -> tuple[tuple[str, str], ...]:
-        token = self.signer.sign(principal, audience="reporting", method=f"/avgate.reporting.v1.{service}/{method}")
-        return ((TOKEN_METADATA_KEY, token),)
-
-    def feed_auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
-        return self.auth(principal, "RegulatorFeedService", method)
-
-    async def create(self, tenant: str, item: reporting_pb2.IncidentInput) -> reporting_pb2.Incident:
-        response = await self.incidents.CreateIncident(
-            reporting_pb2.CreateIncidentRequest(incident=item),
-            metadata=self.auth(provider(tenant), "IncidentService", "CreateIncident"),
-        )
-        return response.incident
-
-    def scalar(self, query: str, **params: Any) -> Any:
-        return admin_sql(self.database.admin_url, query, **params)[0][0]
-
-    async def list_all(self, principal: Principal, **request: Any) -> list[reporting_pb2.FeedItem]:
-        """Every item after the request's cursor, page by page."""
-        items: list[reporting_pb2.FeedItem] = []
-        token = ""
-        while True:
-            response = await self.feed.ListFeed(
-                reporting_pb2.ListFeedRequest(page=common_pb2.PageRequest(page_size=7, page_token=token), **request),
-                metadata=self.feed_auth(principal, "ListFeed"),
-            )
-            items.extend(response.items)
-            token = response.page.next_page_token
-            if not token:
-                return items
-
-    def ledger_actions(self, action: str) -> list[dict[str, Any]]:
-        return ledger_entries(self.database.admin_url, action)
-
-
-@pytest.fixture(scope="module")
-async def feed(
-    database: Database, keys_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Feed]:
-    ledger_key = tmp_path_factory.mktemp("ledger") / "ledger.skey"
-    signer = NoteSigner.generate(ORIGIN)
-    ledger_key.write_text(signer.skey() + "\n")
-    settings = ReportingSettings(
-        trusted_keys_dir=keys_dir,  # type: ignore[call-arg]
-        generate_keys=False,  # type: ignore[call-arg]
-        metrics_port=-1,
-        grpc_port=0,
-        database_url=database.url_for("reporting"),
-        sequencer_enabled=True,
-        ledger_origin=ORIGIN,
-        ledger_signing_key_file=ledger_key,
-        dispatcher_enabled=False,
-        state_dir=tmp_path_factory.mktemp("state"),  # type: ignore[call-arg]
-    )
-    process: GrpcProcess = await compose(settings)
-    await process.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{process.port}")
-    token_signer = TokenSigner(SigningKey("gateway", load_private_key(keys_dir / "gateway.key")))
-    try:
-        yield Feed(
-            reporting_pb2_grpc.IncidentServiceStub(channel),
-            reporting_pb2_grpc.RegulatorFeedServiceStub(channel),
-            reporting_pb2_grpc.EvidenceServiceStub(channel),
-            token_signer,
-            database,
-            NoteVerifier.from_vkey(signer.vkey()),
-            settings,
-        )
-    finally:
-        await channel.close()
-        await process.stop()
-
-
-@pytest.fixture
-def tenant() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def only_tenant(tenant: str, **fields: Any) -> reporting_pb2.FeedFilter:
-    return reporting_pb2.FeedFilter(
-        incidents=reporting_pb2.IncidentFilter(tenant_ids=[tenant], **fields), exclude_tree_heads=True
-    )
-
-
-async def create_many(f: Feed, tenant: str, n: int, *, settle: bool = True, **changes: Any) -> list[str]:
-    """Creates n incidents; with `settle`, returns once the feed serves every item of the tenant.
-
-    The feed serves an item once every transaction older than it has ended, anywhere on the
-    PostgreSQL server; another client's transaction still running can delay it (never reorder it).
-    """
-    ids = []
-    for i in range(n):
-        incident = await f.create(tenant, incident_input(f"ext-{uuid.uuid4().hex[:8]}-{i}", **changes))
-        ids.append(incident.incident_id)
-    if settle:
-        written = f.scalar("select count(*) from reporting.feed_items where tenant_id = :t", t=tenant)
-        async with asyncio.timeout(30):
-            while len(await f.list_all(OPERATOR, filter=only_tenant(tenant))) < written:
-                await asyncio.sleep(0.1)
-    return ids
+from tests.support import details, provider, regulator
+from tests.support.reporting import CYBERSPACE_BEIJING, OPERATOR, ORIGIN, Feed, create_many, only_tenant
 
 
 async def listed(f: Feed, tenant: str, at_least: int) -> list[reporting_pb2.FeedItem]:

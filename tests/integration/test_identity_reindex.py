@@ -23,18 +23,8 @@ from services.identity.config import IdentitySettings
 from services.identity.reindex import IndexRotation
 from services.identity.verifier_standin import VerifierStandIn
 from tests.conftest import Database
-from tests.integration.test_identity_verification_grpc import (
-    ADULT,
-    START,
-    Env,
-    V,
-    provider,
-    standin,
-    verify,
-)
 from tests.support import FakeClock
-
-__all__ = ["standin"]  # the verifier stand-in fixture, shared by import
+from tests.support.identity import ADULT, START, Env, V, provider, verify
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pathlib
 import stat
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,7 @@ from services.identity.sms import FileSmsSink, HttpSmsSender, SmsRejected
 from services.identity.verifier import HttpIdentityVerifier, VerifierOutcome
 from services.identity.verifier_standin import DEFAULT_DATA, VerifierStandIn, load_data
 from tests.conftest import free_port
+from tests.support.http import serving
 
 PHONE = "+8613812345678"
 TEXT = "Your avgate code is 482913; it expires in 5 minutes."
@@ -68,16 +68,6 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-
-def serving(server: ThreadingHTTPServer) -> Iterator[Any]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -7,22 +7,18 @@ import json
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
 from avgate.common.v1 import common_pb2
-from avgate.kernel.principal import Principal, TokenSigner
+from avgate.kernel.principal import Principal
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.__main__ import compose
 from services.reporting.config import ReportingSettings
 from tests.conftest import Database
 from tests.support import (
-    Metadata,
-    admin_sql,
     details,
     incident_input,
     provider,
@@ -30,24 +26,9 @@ from tests.support import (
     serve,
     signer,
     stored_rows,
-    token_metadata,
     unpack,
 )
-
-SERVICE = "/avgate.reporting.v1.IncidentService/"
-
-
-@dataclass
-class Reporting:
-    stub: reporting_pb2_grpc.IncidentServiceStub
-    signer: TokenSigner
-    database: Database
-
-    def auth(self, principal: Principal, method: str) -> Metadata:
-        return token_metadata(self.signer, principal, audience="reporting", method=SERVICE + method)
-
-    def sql(self, query: str, **params: Any) -> list[Any]:
-        return admin_sql(self.database.admin_url, query, **params)
+from tests.support.reporting import Reporting, create
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +49,6 @@ async def reporting(database: Database, keys_dir: pathlib.Path) -> AsyncIterator
 @pytest.fixture
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
-
-
-async def create(r: Reporting, tenant: str, item: reporting_pb2.IncidentInput) -> reporting_pb2.CreateIncidentResponse:
-    return await r.stub.CreateIncident(
-        reporting_pb2.CreateIncidentRequest(incident=item), metadata=r.auth(provider(tenant), "CreateIncident")
-    )
 
 
 class TestCreating:

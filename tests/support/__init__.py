@@ -9,7 +9,17 @@
 - `stack`: the whole stack as `avgate run` starts it (the e2e and bench fixtures).
 
 Import from here (`from tests.support import details, provider`); the modules
-are the homes, this is the surface.
+are the homes, this is the surface. Three homes are imported from directly,
+because their names mean something only next to one service's tests:
+
+- `http`: local HTTP servers standing in for a third party, and `serving` one;
+- `reporting`: reporting's IncidentService (`Reporting`, `create`) and regulator
+  feed (`Feed`, `create_many`) as the integration tests drive them;
+- `identity`: identity's verification flow (`Env`, the people the verifier
+  stand-in knows, `consent` … `verify`).
+
+Fixtures that several modules share live in a conftest.py, never in a test
+module (tests/unit/test_test_layout.py keeps it so).
 """
 
 from tests.support.clock import FakeClock

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
+from typing import Any
 
 
 class LocalHttpServer(ThreadingHTTPServer):
@@ -15,3 +18,15 @@ class LocalHttpServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
+
+
+def serving(server: ThreadingHTTPServer) -> Iterator[Any]:
+    """Serves `server` on a daemon thread for as long as the caller holds the yielded server
+    (a fixture's `yield from serving(...)`), then shuts it down and closes its socket."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
