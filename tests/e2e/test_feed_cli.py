@@ -105,11 +105,13 @@ def lines(path: pathlib.Path) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_follow_writes_resumes_exactly_and_verifies_heads(running: RunningStack, tmp_path: pathlib.Path) -> None:
+    # Only this test's incidents: the module's other tests share the stack and may have run first.
+    since = datetime.datetime.now(datetime.UTC).isoformat()
     first = create_incidents(running, 3)
     size = wait_for_head_beyond(running, 0)
     state, out = tmp_path / "feed.state", tmp_path / "feed.jsonl"
 
-    done = follow(running, state, out)
+    done = follow(running, state, out, "--since", since)
     assert done.returncode == 0, done.stderr
     written = lines(out)
     assert created_ids(written) == first
@@ -119,7 +121,7 @@ def test_follow_writes_resumes_exactly_and_verifies_heads(running: RunningStack,
 
     second = create_incidents(running, 2)
     wait_for_head_beyond(running, max(size, heads[-1]["tree_size"]))
-    done = follow(running, state, out)
+    done = follow(running, state, out, "--since", since)
     assert done.returncode == 0, done.stderr
     resumed = lines(out)[len(written) :]
     assert created_ids(resumed) == second

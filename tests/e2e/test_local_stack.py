@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import grpc
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from avgate.common.v1 import common_pb2
 from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -24,23 +23,11 @@ from avgate.kernel.reporting_handoff import report_incident
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import REPO, Database
 from tests.support import RunningStack
+from tests.support.stack import SERVICES, health
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = {
-    "identity": "avgate.identity.v1.IdentityService",
-    "screening": "avgate.screening.v1.ScreeningService",
-    "reporting": "avgate.reporting.v1.IncidentService",
-    "complaints": "avgate.complaints.v1.ComplaintsService",
-}
 GRPCURL = REPO / ".tools" / "bin" / "grpcurl"
-
-
-def health(target: str, service: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        return int(
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status
-        )
 
 
 class TestLocalStack:
@@ -205,21 +192,3 @@ class TestLocalStack:
             )
         assert got.incident.external_id == external_id
         assert got.incident.tenant_id == "dev-tenant"
-
-    def test_a_stopped_service_turns_not_serving_and_the_rest_keep_serving(self, running: RunningStack) -> None:
-        pid = running.description["processes"]["identity"]["pid"]
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while health(running.gateway, SERVICES["identity"]) != health_pb2.HealthCheckResponse.NOT_SERVING:
-            assert time.monotonic() < deadline, "identity still reported SERVING"
-            time.sleep(0.2)
-        assert health(running.gateway, SERVICES["screening"]) == health_pb2.HealthCheckResponse.SERVING
-        assert health(running.gateway, "") == health_pb2.HealthCheckResponse.SERVING
-
-    def test_ctrl_c_stops_every_process(self, running: RunningStack) -> None:
-        pids = [info["pid"] for info in running.description["processes"].values()]
-        running.process.send_signal(signal.SIGINT)
-        assert running.process.wait(timeout=40) == 0
-        for pid in pids:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)

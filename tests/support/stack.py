@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import REPO
 
@@ -79,3 +81,20 @@ def run_stack(database_url: str, state_dir: pathlib.Path, base_port: int) -> Ite
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             process.wait(timeout=STOP_SECONDS)
+
+
+SERVICES = {
+    "identity": "avgate.identity.v1.IdentityService",
+    "screening": "avgate.screening.v1.ScreeningService",
+    "reporting": "avgate.reporting.v1.IncidentService",
+    "complaints": "avgate.complaints.v1.ComplaintsService",
+}
+"""One gRPC service of each process behind the gateway."""
+
+
+def health(target: str, service: str) -> int:
+    """grpc.health.v1 status of `service` ("" for the process itself) at `target`."""
+    with grpc.insecure_channel(target) as channel:
+        return int(
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status
+        )
