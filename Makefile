@@ -41,8 +41,9 @@ proto: $(STAMP_DEPS) ## Generate Python code from protos/ (never edit the output
 	touch $(STAMP_PROTO)
 
 .PHONY: docs
-docs: install ## Regenerate docs/configuration.md from the settings classes
+docs: install ## Regenerate docs/configuration.md (settings classes) and docs/authorization.md (protos)
 	$(BIN)/python scripts/gen_config_docs.py
+	$(BIN)/python scripts/gen_access_doc.py
 
 .PHONY: run
 run: install ## Run the whole local stack (embedded PostgreSQL unless DATABASE_URL is set)
