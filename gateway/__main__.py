@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from avgate.kernel.db import create_engine_for
+from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run
 from gateway import wiring
@@ -39,7 +40,7 @@ async def compose(settings: GatewaySettings) -> GrpcProcess:
         name="gateway",
         registrations=[own],
         options=wiring.gateway_server_options(settings, upstreams),
-        auth_interceptor=ApiKeyInterceptor(keys),
+        auth_interceptor=ApiKeyInterceptor(keys, AccessTable.from_contracts()),
         health_servicer=GatewayHealthServicer(upstreams, list(own.service_names)),
         generic_handlers=proxy.generic_handlers(),
         on_shutdown=[close],

@@ -1,6 +1,12 @@
-"""Front-door authentication: an API key becomes the principal of the call.
+"""Front-door authentication and authorisation: an API key becomes the principal of the call.
 
-The key comes as `authorization: Bearer <key>` (or `x-api-key`). The
+The key comes as `authorization: Bearer <key>` (or `x-api-key`). Before the
+call is forwarded or anything in it is validated, the authorisation table
+(avgate.kernel.grpc.access, read from the contracts) must let the key's role
+call the method; a caller without a key gets a public principal (its peer
+address) only for the methods the table opens to anonymous callers (the
+complaint entrance, the ledger's public proofs), and UNAUTHENTICATED
+elsewhere. The
 principal also carries a request id (the caller's `x-request-id` when well
 formed and free of personal data, otherwise a new one, echoed back in the response headers) and the
 end user's client address: what a provider reports in
@@ -16,6 +22,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.auth import OPEN_METHOD_PREFIXES, metadata_value
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import (
@@ -48,9 +55,14 @@ def peer_address(peer: str) -> str | None:
     return None
 
 
+ANONYMOUS_SUBJECT = "anonymous"
+"""The subject of a keyless caller's public principal (its address is the client address)."""
+
+
 class ApiKeyInterceptor(ScopedInterceptor):
-    def __init__(self, keys: ApiKeyService):
+    def __init__(self, keys: ApiKeyService, access: AccessTable):
         self._keys = keys
+        self._access = access
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(OPEN_METHOD_PREFIXES)
@@ -58,8 +70,21 @@ class ApiKeyInterceptor(ScopedInterceptor):
     @asynccontextmanager
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         metadata = context.invocation_metadata()
-        key = await self._keys.authenticate(presented_secret(metadata))
+        secret = presented_secret(metadata)
         request_id = accepted_request_id(metadata_value(metadata, "x-request-id")) or uuid.uuid4().hex
+        if secret is None:
+            self._access.check_outside(method, None)  # UNAUTHENTICATED unless the method is open to anyone
+            principal = Principal(
+                role=Role.PUBLIC,
+                subject=ANONYMOUS_SUBJECT,
+                client_address=peer_address(context.peer()),
+                request_id=request_id,
+            )
+            async with self._bound(principal, context):
+                yield
+            return
+        key = await self._keys.authenticate(secret)
+        self._access.check_outside(method, key.role)
         client_address = None
         if key.role is Role.PROVIDER:
             reported = metadata_value(metadata, END_USER_ADDRESS_KEY)
@@ -79,7 +104,12 @@ class ApiKeyInterceptor(ScopedInterceptor):
             client_address=client_address,
             request_id=request_id,
         )
-        await context.send_initial_metadata((("x-request-id", request_id),))
+        async with self._bound(principal, context):
+            yield
+
+    @asynccontextmanager
+    async def _bound(self, principal: Principal, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        await context.send_initial_metadata((("x-request-id", principal.request_id),))
         bound = bind_principal(principal)
         try:
             yield

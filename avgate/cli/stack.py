@@ -103,7 +103,9 @@ class LocalStack:
         return urls
 
     def development_keys(self, gateway_url: str) -> dict[str, str]:
-        """One development key per role, reused across runs while still valid."""
+        """One development key per role that uses keys (provider, regulator, operator), reused across runs
+        while still valid. The public needs none: the complaint entrance and the ledger's public proofs
+        are open to keyless callers, and nothing else is open to the public role."""
         path = self.config.state_dir / "dev-api-keys.json"
         known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
 
@@ -113,7 +115,10 @@ class LocalStack:
                 service = ApiKeyService(SqlApiKeyStore(engine))
                 operator = Principal(role=Role.OPERATOR, subject="avgate-run")
                 result = {}
-                for role in (Role.PROVIDER, Role.REGULATOR, Role.PUBLIC, Role.OPERATOR):
+                for stale in await service.active_development_keys():
+                    if stale.role is Role.PUBLIC:  # made by an earlier version of `avgate run`
+                        await service.revoke(operator, key_id=stale.key_id, reason="no development public key")
+                for role in (Role.PROVIDER, Role.REGULATOR, Role.OPERATOR):
                     secret = known.get(role.value)
                     if secret:
                         try:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.auth import PrincipalInterceptor
 from avgate.kernel.grpc.server import GrpcProcess, ServerOptions, ServiceRegistration
 from avgate.kernel.keys import generate_key_pair, load_trusted_keys
@@ -43,7 +44,7 @@ def service_process(
         name=settings.process_name,
         registrations=registrations,
         options=server_options(settings),
-        auth_interceptor=PrincipalInterceptor(token_verifier(settings)),
+        auth_interceptor=PrincipalInterceptor(token_verifier(settings), AccessTable.from_contracts()),
         **kwargs,  # type: ignore[arg-type]
     )
 

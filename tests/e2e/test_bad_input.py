@@ -35,7 +35,9 @@ from hypothesis import strategies as st
 from avgate.common.v1 import common_pb2
 from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from avgate.identity.v1 import identity_pb2
+from avgate.kernel.grpc.access import AccessTable, MethodAccess
 from avgate.kernel.grpc.validation import request_violations
+from avgate.kernel.principal import Role
 from avgate.reporting.v1 import reporting_pb2
 from tests.conftest import Database
 from tests.support import ledger_entries, unpack
@@ -44,7 +46,7 @@ from tests.support.stack import RunningStack
 pytestmark = pytest.mark.e2e
 
 PACKAGES = ("gateway", "identity", "screening", "reporting", "complaints")
-CALLERS = ("operator", "provider", "regulator", "public", None)
+CALLERS = ("operator", "provider", "regulator", None)
 NEVER = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 EXAMPLES_PER_METHOD = 12
 MAX_DEPTH = 3
@@ -85,6 +87,7 @@ def unary_methods() -> list[MethodDescriptor]:
 
 
 METHODS = unary_methods()
+ACCESS = AccessTable.from_contracts()
 
 
 def message_class(descriptor: Descriptor) -> type[Message]:
@@ -265,19 +268,22 @@ class TestGeneratedRequests:
 
     @pytest.mark.parametrize("method", METHODS, ids=[m.full_name for m in METHODS])
     @pytest.mark.parametrize("caller", ["operator", "provider", "regulator"])
-    def test_the_boundary_message_is_invalid_argument(
+    def test_the_boundary_message_is_refused_before_any_handler(
         self, stack: RunningStack, method: MethodDescriptor, caller: str
     ) -> None:
-        """Every string NUL-laden, every Timestamp in year 10000: refused before any handler, whoever asks."""
+        """Every string NUL-laden, every Timestamp in year 10000: a caller the authorisation table lets
+        in gets INVALID_ARGUMENT before any handler runs; any other caller PERMISSION_DENIED before that."""
         request = boundary_message(method.input_type)
         metadata = caller_metadata(stack, caller, [])
         error = call(stack, method, request, metadata)
-        if not request_violations(request):
-            # Nothing a string or a Timestamp can break (a request of numbers only): any answer but INTERNAL.
-            assert error is None or error.code() not in NEVER, describe(error, method, request, metadata)  # type: ignore[attr-defined]
-            return
-        assert error is not None, describe(error, method, request, metadata)
-        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, describe(error, method, request, metadata)  # type: ignore[attr-defined]
+        assert error is None or error.code() not in NEVER, describe(error, method, request, metadata)  # type: ignore[attr-defined]
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        if Role(caller) not in (ACCESS.entry(path) or MethodAccess()).roles:
+            assert error is not None, describe(error, method, request, metadata)
+            assert error.code() is grpc.StatusCode.PERMISSION_DENIED, describe(error, method, request, metadata)  # type: ignore[attr-defined]
+        elif request_violations(request):
+            assert error is not None, describe(error, method, request, metadata)
+            assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, describe(error, method, request, metadata)  # type: ignore[attr-defined]
 
 
 def bad_request_fields(error: grpc.RpcError) -> set[str]:

@@ -118,7 +118,7 @@ class TestLocalStack:
 
     def test_one_development_key_per_role_is_printed(self, running: RunningStack) -> None:
         keys = running.description["development_api_keys"]
-        assert set(keys) == {"provider", "regulator", "public", "operator"}
+        assert set(keys) == {"provider", "regulator", "operator"}
         assert all(secret.startswith("avgk_") for secret in keys.values())
 
     def test_operator_manages_keys_with_the_command_line(self, running: RunningStack) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.auth import PrincipalInterceptor
 from avgate.kernel.grpc.server import GrpcProcess, ServerOptions, ServiceRegistration
 from avgate.kernel.principal import TokenVerifier
@@ -54,7 +55,9 @@ async def serve(
             name=name,
             registrations=server,
             options=options or ServerOptions(port=0, metrics_port=-1),
-            auth_interceptor=PrincipalInterceptor(verifier) if verifier is not None else None,
+            auth_interceptor=PrincipalInterceptor(verifier, AccessTable.from_contracts())
+            if verifier is not None
+            else None,
         )
     await process.start()
     try:

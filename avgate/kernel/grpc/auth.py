@@ -1,7 +1,11 @@
 """Principal verification in every service, and signed calls between services.
 
 Health checks and reflection are open (probes and tooling); every other
-method needs a principal token addressed to this service and method.
+method needs a principal token addressed to this service and method, whose
+principal the authorisation table lets call it (avgate.kernel.grpc.access):
+the gateway checked the outside caller already, and this second check is what
+holds a token another avgate process signed to the methods and origin roles
+that process is allowed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
+from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import (
     TOKEN_METADATA_KEY,
@@ -33,10 +38,11 @@ def metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str)
 
 
 class PrincipalInterceptor(ScopedInterceptor):
-    """Verifies the principal token and binds the principal for the call."""
+    """Verifies the principal token, checks the table, and binds the principal for the call."""
 
-    def __init__(self, verifier: TokenVerifier):
+    def __init__(self, verifier: TokenVerifier, access: AccessTable):
         self._verifier = verifier
+        self._access = access
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(OPEN_METHOD_PREFIXES)
@@ -45,6 +51,7 @@ class PrincipalInterceptor(ScopedInterceptor):
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         token = metadata_value(context.invocation_metadata(), TOKEN_METADATA_KEY)
         principal = self._verifier.verify(token, method=method)
+        self._access.check_token(method, principal)
         bound = bind_principal(principal)
         try:
             yield
