@@ -20,10 +20,9 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor
 
 from avgate.common.v1 import common_pb2
+from avgate.kernel.grpc.access import API_PACKAGES, method_entries
 
 FIX_COMMAND = "make docs"
-API_PACKAGES = ("gateway", "identity", "screening", "reporting", "complaints")
-"""Every avgate API with RPCs, in the order the document shows them (`avgate.<name>.v1.<name>_pb2`)."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,9 @@ def rpcs(packages: tuple[str, ...] = API_PACKAGES) -> Iterator[Rpc]:
     for name in packages:
         module = importlib.import_module(f"avgate.{name}.v1.{name}_pb2")
         for service in module.DESCRIPTOR.services_by_name.values():
+            entries = method_entries(module)
             for method in service.methods:
-                options = method.GetOptions()
-                entry = options.Extensions[common_pb2.access] if options.HasExtension(common_pb2.access) else None
-                yield Rpc(name, method, entry)
+                yield Rpc(name, method, entries[f"/{service.full_name}/{method.name}"])
 
 
 def role_name(number: int) -> str:

@@ -34,7 +34,7 @@ from tests.support import RunningStack
 
 pytestmark = pytest.mark.e2e
 
-DEV_KEY_ENTRIES = 4  # creating the development keys ledgers one entry per key
+DEV_KEY_ENTRIES = 3  # creating the development keys (provider, regulator, operator) ledgers one entry each
 WAIT_SECONDS = 30
 
 

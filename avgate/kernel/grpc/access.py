@@ -119,7 +119,11 @@ class AccessTable:
         carried = entry.service_callers.get(principal.subject)
         if carried is None:
             raise PermissionDenied(f"service {principal.subject} may not call {method}")
-        origin_role = principal.origin.role if principal.origin is not None else Role.SERVICE
+        # Whom the chain of services acts for in the end (identity acting for screening acting for a
+        # provider acts for the provider); a service acting on its own carries itself (ROLE_SERVICE).
+        origin_role = principal.effective.role
         if origin_role not in carried:
-            raise PermissionDenied(f"service {principal.subject} may not call {method} for a {origin_role.value}")
+            raise PermissionDenied(
+                f"service {principal.subject} may not call {method} acting for role {origin_role.value}"
+            )
         return entry
