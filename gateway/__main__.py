@@ -4,6 +4,8 @@ upstreams → proxy, health and servicer → server (the parts come from `wiring
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.access import AccessTable
@@ -19,7 +21,8 @@ from gateway.service import ApiKeyService
 from gateway.store import SqlApiKeyStore
 
 
-async def compose(settings: GatewaySettings) -> GrpcProcess:
+async def compose(settings: GatewaySettings, clock: Callable[[], float] = time.monotonic) -> GrpcProcess:
+    """`clock` (monotonic seconds) times breakers and streams; tests step it."""
     url = settings.effective_database_url
     if not url:
         sys.exit("gateway: set GATEWAY_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
@@ -28,8 +31,18 @@ async def compose(settings: GatewaySettings) -> GrpcProcess:
     await wiring.refuse_development_keys_in_production(settings, keys)
     signer = wiring.token_signer(settings)
     upstreams = wiring.connected_upstreams(settings)
-    proxy = Proxy(upstreams, signer, settings.default_timeout_seconds)
-    own = registration(GatewayServicer(keys, upstreams))
+    guards = wiring.guards(settings, upstreams, clock)
+    proxy = Proxy(
+        upstreams,
+        signer,
+        settings.default_timeout_seconds,
+        guards,
+        wiring.limit_defaults(settings),
+        settings.method_limits,
+        settings.max_attempts,
+        clock,
+    )
+    own = registration(GatewayServicer(keys, upstreams, guards))
 
     async def close() -> None:
         for upstream in upstreams:

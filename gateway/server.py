@@ -11,7 +11,9 @@ from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from avgate.kernel import convert
 from avgate.kernel.grpc.server import ServiceRegistration
 from avgate.kernel.principal import current_principal
+from avgate.kernel.resilience import BreakerState
 from gateway.domain import ApiKey
+from gateway.guards import Guards
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream
 
@@ -35,10 +37,14 @@ def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
     )
 
 
+BREAKER = convert.ProtoEnum(gateway_pb2.BreakerState, "BREAKER_STATE_", BreakerState)
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, keys: ApiKeyService, upstreams: list[Upstream]):
+    def __init__(self, keys: ApiKeyService, upstreams: list[Upstream], guards: Guards):
         self._keys = keys
         self._upstreams = upstreams
+        self._guards = guards
 
     async def CreateApiKey(
         self, request: gateway_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
@@ -91,16 +97,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetAggregateHealthRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.GetAggregateHealthResponse:
         checks = await asyncio.gather(*(u.check() for u in self._upstreams))
-        services = [
-            gateway_pb2.ServiceHealth(
-                name=u.name,
-                grpc_services=u.service_names,
-                target=u.target,
-                status=_SERVING_STATUS.get(status, gateway_pb2.SERVING_STATUS_NOT_SERVING),  # type: ignore[arg-type]
-                detail=detail,
+        services = []
+        for u, (status, detail) in zip(self._upstreams, checks, strict=True):
+            guard = self._guards.upstreams[u.name]
+            breaker = guard.snapshot()
+            services.append(
+                gateway_pb2.ServiceHealth(
+                    name=u.name,
+                    grpc_services=u.service_names,
+                    target=u.target,
+                    status=_SERVING_STATUS.get(status, gateway_pb2.SERVING_STATUS_NOT_SERVING),  # type: ignore[arg-type]
+                    detail=detail,
+                    breaker_state=BREAKER.to_proto(breaker.state),
+                    consecutive_failures=breaker.consecutive_failures,
+                    breaker_trips=breaker.trips,
+                    in_flight=guard.in_flight.in_flight,
+                    max_in_flight=guard.in_flight.limit,
+                )
             )
-            for u, (status, detail) in zip(self._upstreams, checks, strict=True)
-        ]
         overall = (
             gateway_pb2.SERVING_STATUS_SERVING
             if all(s.status == gateway_pb2.SERVING_STATUS_SERVING for s in services)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from avgate.kernel.grpc.server import ServerOptions
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TokenSigner
 from avgate.kernel.process import server_options
+from avgate.kernel.resilience import RetryBudget
 from avgate.kernel.settings import Environment, ProductionProfileError
 from gateway.config import GatewaySettings
+from gateway.guards import Guards, LimitDefaults
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream, build_upstreams
 
@@ -44,3 +48,27 @@ def gateway_server_options(settings: GatewaySettings, upstreams: list[Upstream])
     options = server_options(settings)
     options.extra_reflection_names = [name for u in upstreams for name in u.service_names]
     return options
+
+
+def guards(settings: GatewaySettings, upstreams: list[Upstream], clock: Callable[[], float]) -> Guards:
+    """Each upstream's circuit breaker and in-flight cap, the per-caller cap and the shared retry budget."""
+    return Guards.build(
+        [u.name for u in upstreams],
+        failure_threshold=settings.breaker_failures,
+        open_seconds=settings.breaker_open_seconds,
+        upstream_concurrency=settings.upstream_max_concurrent,
+        principal_concurrency=settings.principal_max_concurrent,
+        budget=RetryBudget(ratio=settings.retry_budget_ratio),
+        clock=clock,
+    )
+
+
+def limit_defaults(settings: GatewaySettings) -> LimitDefaults:
+    return LimitDefaults(
+        unary_request_bytes=settings.max_unary_request_bytes,
+        stream_message_bytes=settings.max_stream_message_bytes,
+        upload_max_seconds=settings.upload_max_seconds,
+        upload_idle_seconds=settings.upload_idle_seconds,
+        stream_max_seconds=settings.stream_max_seconds,
+        stream_idle_seconds=settings.stream_idle_seconds,
+    )
