@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -67,8 +68,7 @@ T0 = FakeClock().now
 OPERATOR = Principal(role=Role.OPERATOR, subject="ops-1")
 
 
-class Boom(Exception):
-    """Raised inside a write to see it roll back."""
+class Boom(Exception): ...
 
 
 @pytest.fixture(scope="module")
@@ -395,20 +395,15 @@ class TestFlows:
         record = await new_flow(store, user)
         later = clock.advance(minutes=3)
 
+        methods = (*record.methods, VerificationMethod.SMS_CODE.value)
         async with store.write() as tx:
-            await tx.update_flow(
-                record.flow_id,
-                FlowUpdate(
-                    state=FlowState.CODE_CONFIRMED,
-                    level_reached=VerificationLevel.PHONE_VERIFIED,
-                    methods=(*record.methods, VerificationMethod.SMS_CODE.value),
-                ),
-            )
+            await tx.update_flow(record.flow_id, FlowUpdate(level_reached=VerificationLevel.PHONE_VERIFIED))
         async with store.write() as tx:
             await tx.update_flow(
                 record.flow_id,
                 FlowUpdate(
                     state=FlowState.FAILED,
+                    methods=methods,
                     failure_reason=FailureReason.IDENTITY_MISMATCH,
                     finish_time=later,
                     complete_idempotency_key="done-1",
@@ -417,18 +412,21 @@ class TestFlows:
                 ),
             )
             found = await tx.flow(record.flow_id)
+        changed: dict[str, Any] = {
+            "complete_idempotency_key": "done-1",
+            "verifier_reference": "ref-1",
+            "guardian_consent_id": "cns-1",
+        }
 
         assert found == replace(
             record,
             state=FlowState.FAILED.value,
             level_reached=VerificationLevel.PHONE_VERIFIED.value,
-            methods=(*record.methods, VerificationMethod.SMS_CODE.value),
+            methods=methods,
             failure_reason=FailureReason.IDENTITY_MISMATCH.value,
             finish_time=later,
-            complete_idempotency_key="done-1",
-            verifier_reference="ref-1",
-            guardian_consent_id="cns-1",
             update_time=later,
+            **changed,
         )
 
     async def test_the_latest_completed_flow_holding_data_is_found(
@@ -486,21 +484,15 @@ class TestIdentityClaims:
             by_a = await tx.claim_of_flow("vf-a")
             by_a2 = await tx.claim_of_flow("vf-a2")
             other_before = await tx.claim_of_flow("vf-b0")
+            # The same digest under another kind or in another tenant is another identity.
+            other_kind = await tx.claim_identity(other, IndexKind.CREDIT_CODE, "vf-c", [index], T0)
+            elsewhere = UserRef("x-" + user.tenant_id, "u-1")
+            other_tenant = await tx.claim_identity(elsewhere, IndexKind.RESIDENT_ID, "vf-d", [index], T0)
 
-        assert (first, taken, again) == (True, False, True)
+        assert (first, taken, again, other_kind, other_tenant) == (True, False, True, True, True)
         assert by_a is None and by_a2 == ("u-1", T0)
         # A refused claim still drops the account's earlier claims of that kind.
         assert other_before is None
-
-    async def test_the_same_digest_under_another_kind_or_tenant_is_another_identity(
-        self, store: VerificationStore, user: UserRef
-    ) -> None:
-        index = BlindIndex("idx-1", digest())
-        elsewhere = UserRef(user.tenant_id + "-x", "u-1")
-        async with store.write() as tx:
-            assert await tx.claim_identity(user, IndexKind.RESIDENT_ID, "vf-1", [index], T0)
-            assert await tx.claim_identity(user, IndexKind.CREDIT_CODE, "vf-2", [index], T0)
-            assert await tx.claim_identity(elsewhere, IndexKind.RESIDENT_ID, "vf-3", [index], T0)
 
     async def test_added_claims_keep_the_first_holder_and_old_versions_are_dropped(
         self, store: VerificationStore, user: UserRef
@@ -593,23 +585,18 @@ class TestErasure:
     ) -> None:
         other = UserRef(user.tenant_id, "u-2")
         open_flow = await new_flow(store, user, key="k-open")
+        minor = date(2031, 1, 1)
         done = await new_flow(
-            store,
-            user,
-            key="k-done",
-            state=FlowState.COMPLETED.value,
-            finish_time=T0,
-            minor_until=date(2031, 1, 1),
+            store, user, key="k-done", state=FlowState.COMPLETED.value, finish_time=T0, minor_until=minor
         )
         kept = await new_flow(store, other, key="k-other")
+        sealed: dict[str, Any] = {
+            "guardian_name_ct": b"g-name",
+            "guardian_id_number_ct": b"g-id",
+            "guardian_mobile_ct": b"g-mobile",
+        }
         guardian = consent_record(
-            user,
-            purpose=ConsentPurpose.GUARDIAN,
-            guardian_name_ct=b"g-name",
-            guardian_id_number_ct=b"g-id",
-            guardian_mobile_ct=b"g-mobile",
-            flow_id=open_flow.flow_id,
-            relationship="parent",
+            user, purpose=ConsentPurpose.GUARDIAN, flow_id=open_flow.flow_id, relationship="parent", **sealed
         )
         index = BlindIndex("idx-1", digest())
         assert open_flow.phone_index is not None
@@ -635,28 +622,19 @@ class TestErasure:
 
         assert destroyed == 3
         assert keys[:3] == [None, None, None] and keys[3] is not None
-        cleared = {
-            "name_ct": None,
-            "id_number_ct": None,
-            "mobile_ct": None,
-            "index_version": None,
-            "id_index": None,
-            "phone_index": None,
-            "minor_until": None,
-            "update_time": now,
-        }
+        shredded = ("name_ct", "id_number_ct", "mobile_ct", "index_version", "id_index", "phone_index", "minor_until")
+        cleared: dict[str, Any] = dict.fromkeys(shredded) | {"update_time": now}
         assert flows[0] == replace(
             open_flow,
             state=FlowState.FAILED.value,
             failure_reason=FailureReason.CONSENT_WITHDRAWN.value,
             finish_time=now,
-            **cleared,  # type: ignore[arg-type]
+            **cleared,
         )
-        assert flows[1] == replace(done, **cleared)  # type: ignore[arg-type]
+        assert flows[1] == replace(done, **cleared)
         assert flows[2] == kept
-        assert shredded_guardian == replace(
-            guardian, guardian_name_ct=None, guardian_id_number_ct=None, guardian_mobile_ct=None
-        )
+        unsealed: dict[str, Any] = dict.fromkeys(sealed)
+        assert shredded_guardian == replace(guardian, **unsealed)
         assert latest is None and claim_free is True
         assert code.outcome is CodeOutcome.NO_ACTIVE_CODE
         assert send.next_send_at == now + timedelta(seconds=60)
