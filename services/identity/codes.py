@@ -34,7 +34,7 @@ import pathlib
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
@@ -102,6 +102,27 @@ class ConfirmResult:
         return self.outcome is CodeOutcome.CONFIRMED
 
 
+@dataclass(frozen=True)
+class StoredCode:
+    """A code as a store keeps it (a verification_codes row): its keyed hash, never the digits."""
+
+    code_id: uuid.UUID
+    flow_id: str
+    phone_index: bytes
+    key_id: str
+    code_hash: bytes
+    created_at: datetime
+    expires_at: datetime
+    max_attempts: int
+    attempts: int = 0
+    state: str = "active"
+    """active, used, exhausted, expired or superseded."""
+    finished_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"StoredCode(code_id={self.code_id}, flow_id={self.flow_id}, state={self.state})"
+
+
 def check_code_format(code: str, field: str = "code") -> str:
     """The code as digits; InvalidArgument (without echoing it) when it is not 6 digits."""
     candidate = code.strip()
@@ -128,12 +149,55 @@ class OneTimeCodes:
         self._max_attempts = max_attempts
         self._clock = clock
 
-    def _hash(self, key_id: str, flow_id: str, phone_index: bytes, code: str) -> bytes:
+    def code_hash(self, key_id: str, flow_id: str, phone_index: bytes, code: str) -> bytes:
+        """The keyed hash a code is kept as (empty under a key no longer in the ring: it cannot verify)."""
         key = self._keys.keys.get(key_id)
-        if key is None:  # a row hashed under a key since removed: it cannot verify
+        if key is None:
             return b""
         message = b"\x00".join([b"otp-v1", flow_id.encode(), phone_index, code.encode()])
         return hmac.new(key, message, hashlib.sha256).digest()
+
+    def draft(self, flow_id: str, phone_index: bytes, now: datetime) -> tuple[IssuedCode, StoredCode]:
+        """A fresh code (for the SMS) and what a store keeps of it; pure: the caller stores it."""
+        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        code_id = uuid.uuid4()
+        key_id = self._keys.current_id
+        stored = StoredCode(
+            code_id=code_id,
+            flow_id=flow_id,
+            phone_index=phone_index,
+            key_id=key_id,
+            code_hash=self.code_hash(key_id, flow_id, phone_index, code),
+            created_at=now,
+            expires_at=now + self._ttl,
+            max_attempts=self._max_attempts,
+        )
+        return IssuedCode(code_id, code, stored.expires_at), stored
+
+    def judge(
+        self, active: StoredCode | None, flow_id: str, phone_index: bytes, candidate: str, now: datetime
+    ) -> tuple[ConfirmResult, StoredCode | None]:
+        """The outcome of `candidate` (format-checked) against the flow's active code, and the code as
+        it must be stored afterwards (None: unchanged). Pure: the caller reads and writes the code."""
+        if active is None:
+            return ConfirmResult(CodeOutcome.NO_ACTIVE_CODE, 0), None
+        if not hmac.compare_digest(active.phone_index, phone_index):
+            # The flow's number changed since the code was sent: the code proves nothing about this one.
+            return ConfirmResult(CodeOutcome.NO_ACTIVE_CODE, 0), None
+        if active.expires_at <= now:
+            return ConfirmResult(CodeOutcome.EXPIRED, 0, active.code_id), replace(
+                active, state="expired", finished_at=now
+            )
+        if hmac.compare_digest(self.code_hash(active.key_id, flow_id, phone_index, candidate), active.code_hash):
+            return ConfirmResult(CodeOutcome.CONFIRMED, 0, active.code_id), replace(
+                active, state="used", finished_at=now
+            )
+        attempts = active.attempts + 1
+        remaining = active.max_attempts - attempts
+        after = replace(active, attempts=attempts)
+        if remaining <= 0:
+            after = replace(after, state="exhausted", finished_at=now)
+        return ConfirmResult(CodeOutcome.WRONG, max(remaining, 0), active.code_id), after
 
     async def issue(self, conn: AsyncConnection, *, flow_id: str, phone_index: bytes) -> IssuedCode:
         """A fresh code for the flow; the flow's previous active code is superseded."""
@@ -143,23 +207,20 @@ class OneTimeCodes:
             .where(verification_codes.c.flow_id == flow_id, verification_codes.c.state == "active")
             .values(state="superseded", finished_at=now)
         )
-        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
-        code_id = uuid.uuid4()
-        expires_at = now + self._ttl
-        key_id = self._keys.current_id
+        issued, stored = self.draft(flow_id, phone_index, now)
         await conn.execute(
             verification_codes.insert().values(
-                code_id=code_id,
-                flow_id=flow_id,
-                phone_index=phone_index,
-                key_id=key_id,
-                code_hash=self._hash(key_id, flow_id, phone_index, code),
-                created_at=now,
-                expires_at=expires_at,
-                max_attempts=self._max_attempts,
+                code_id=stored.code_id,
+                flow_id=stored.flow_id,
+                phone_index=stored.phone_index,
+                key_id=stored.key_id,
+                code_hash=stored.code_hash,
+                created_at=stored.created_at,
+                expires_at=stored.expires_at,
+                max_attempts=stored.max_attempts,
             )
         )
-        return IssuedCode(code_id, code, expires_at)
+        return issued
 
     async def confirm(self, conn: AsyncConnection, *, flow_id: str, phone_index: bytes, code: str) -> ConfirmResult:
         """Checks `code` against the flow's active code (row-locked: concurrent guesses count one by one).
@@ -171,37 +232,32 @@ class OneTimeCodes:
         c = verification_codes.c
         row = (
             await conn.execute(
-                select(c.code_id, c.phone_index, c.key_id, c.code_hash, c.expires_at, c.attempts, c.max_attempts)
-                .where(c.flow_id == flow_id, c.state == "active")
-                .with_for_update()
+                select(verification_codes).where(c.flow_id == flow_id, c.state == "active").with_for_update()
             )
         ).first()
-        if row is None:
-            return ConfirmResult(CodeOutcome.NO_ACTIVE_CODE, 0)
-        if not hmac.compare_digest(bytes(row.phone_index), phone_index):
-            # The flow's number changed since the code was sent: the code proves nothing about this one.
-            return ConfirmResult(CodeOutcome.NO_ACTIVE_CODE, 0)
-        if row.expires_at <= now:
-            await self._finish(conn, row.code_id, "expired", now)
-            return ConfirmResult(CodeOutcome.EXPIRED, 0, row.code_id)
-        expected = bytes(row.code_hash)
-        if hmac.compare_digest(self._hash(row.key_id, flow_id, phone_index, candidate), expected):
-            await self._finish(conn, row.code_id, "used", now)
-            return ConfirmResult(CodeOutcome.CONFIRMED, 0, row.code_id)
-        attempts = row.attempts + 1
-        remaining = row.max_attempts - attempts
-        values: dict[str, object] = {"attempts": attempts}
-        if remaining <= 0:
-            values |= {"state": "exhausted", "finished_at": now}
-        await conn.execute(update(verification_codes).where(c.code_id == row.code_id).values(**values))
-        return ConfirmResult(CodeOutcome.WRONG, max(remaining, 0), row.code_id)
-
-    async def _finish(self, conn: AsyncConnection, code_id: uuid.UUID, state: str, now: datetime) -> None:
-        await conn.execute(
-            update(verification_codes)
-            .where(verification_codes.c.code_id == code_id)
-            .values(state=state, finished_at=now)
-        )
+        active = None
+        if row is not None:
+            active = StoredCode(
+                code_id=row.code_id,
+                flow_id=row.flow_id,
+                phone_index=bytes(row.phone_index),
+                key_id=row.key_id,
+                code_hash=bytes(row.code_hash),
+                created_at=row.created_at,
+                expires_at=row.expires_at,
+                max_attempts=row.max_attempts,
+                attempts=row.attempts,
+                state=row.state,
+                finished_at=row.finished_at,
+            )
+        result, after = self.judge(active, flow_id, phone_index, candidate, now)
+        if after is not None:
+            await conn.execute(
+                update(verification_codes)
+                .where(c.code_id == after.code_id)
+                .values(attempts=after.attempts, state=after.state, finished_at=after.finished_at)
+            )
+        return result
 
     async def purge_finished(self, conn: AsyncConnection, *, older_than: timedelta = timedelta(days=1)) -> int:
         """Deletes codes that expired or finished more than `older_than` ago; returns how many."""

@@ -45,8 +45,8 @@ import hashlib
 import hmac
 import ipaddress
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -105,6 +105,31 @@ class LockoutState:
 
     def locked_at(self, now: datetime) -> bool:
         return self.locked_until is not None and self.locked_until > now
+
+
+@dataclass(frozen=True)
+class FailureCounter:
+    """One row of failure counters: an (account, address) pair's, or the account's own (ACCOUNT_WIDE)."""
+
+    failed_attempts: int = 0
+    level: int = 0
+    locked_until: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_success_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: Any) -> FailureCounter:
+        """From a verification_failures row (a mapping)."""
+        return cls(
+            row["failed_attempts"], row["level"], row["locked_until"], row["last_failure_at"], row["last_success_at"]
+        )
+
+    @property
+    def state(self) -> LockoutState:
+        return LockoutState(self.failed_attempts, self.level, self.locked_until)
+
+    def locked_at(self, now: datetime) -> bool:
+        return self.state.locked_at(now)
 
 
 @dataclass(frozen=True)
@@ -176,15 +201,31 @@ class AbuseLimits:
         if not phone_key:
             raise ValueError("phone_key must not be empty")
         now = self._clock()
-        window = timedelta(hours=1)
         subjects = [("phone", phone_key)]
         address_key = self.address_key(client_address)
         if address_key is not None:
             subjects.append(("address", address_key))
         recent: dict[str, list[datetime]] = {}
         for scope, subject in sorted(subjects):
-            recent[scope] = [t for t in await self._lock_subject(conn, scope, subject, now) if t > now - window]
-        phone_sends = sorted(recent["phone"])
+            recent[scope] = await self._lock_subject(conn, scope, subject, now)
+        allowance, kept = self.allow_send(recent, now)
+        for scope, subject in subjects:
+            await conn.execute(
+                update(send_limits)
+                .where(send_limits.c.scope == scope, send_limits.c.subject == subject)
+                .values(recent=kept[scope], updated_at=now)
+            )
+        return allowance
+
+    def allow_send(
+        self, recent: Mapping[str, Sequence[datetime]], now: datetime
+    ) -> tuple[SendAllowance, dict[str, list[datetime]]]:
+        """The send limits' rule, pure: given the send times each subject holds ("phone", and
+        "address" when known), the allowance and the times each must hold afterwards; or
+        ResourceExhausted naming the limit (then nothing is to be recorded)."""
+        window = timedelta(hours=1)
+        kept_before = {scope: sorted(t for t in times if t > now - window) for scope, times in recent.items()}
+        phone_sends = kept_before["phone"]
         refusals: list[tuple[datetime, str, str]] = []
         if phone_sends and phone_sends[-1] + self.sends.phone_interval > now:
             refusals.append(
@@ -202,8 +243,8 @@ class AbuseLimits:
                     f"at most {self.sends.phone_per_hour} codes an hour may go to one number",
                 )
             )
-        if "address" in recent:
-            address_sends = sorted(recent["address"])
+        if "address" in kept_before:
+            address_sends = kept_before["address"]
             if len(address_sends) >= self.sends.address_per_hour:
                 refusals.append(
                     (
@@ -215,18 +256,12 @@ class AbuseLimits:
         if refusals:
             until, limit, message = max(refusals)
             raise _exhausted(limit, f"code sending is rate limited: {message}", now, until)
-        for scope, subject in subjects:
-            kept = [*sorted(recent[scope]), now]
-            await conn.execute(
-                update(send_limits)
-                .where(send_limits.c.scope == scope, send_limits.c.subject == subject)
-                .values(recent=kept, updated_at=now)
-            )
-        phone_sends.append(now)
+        kept = {scope: [*times, now] for scope, times in kept_before.items()}
+        phone_sends = kept["phone"]
         next_at = now + self.sends.phone_interval
         if len(phone_sends) >= self.sends.phone_per_hour:
             next_at = max(next_at, phone_sends[len(phone_sends) - self.sends.phone_per_hour] + window)
-        return SendAllowance(next_send_at=next_at)
+        return SendAllowance(next_send_at=next_at), kept
 
     async def _lock_subject(self, conn: AsyncConnection, scope: str, subject: bytes, now: datetime) -> list[datetime]:
         # The upsert takes the row lock (and creates the row when new) in one statement: a
@@ -254,24 +289,33 @@ class AbuseLimits:
         key = self.address_key(client_address) or UNKNOWN_ADDRESS
         rows = await self._rows(conn, tenant_id, user_id, [key, ACCOUNT_WIDE], lock=False)
         pair, account = rows.get(key), rows.get(ACCOUNT_WIDE)
-        if pair is not None and pair["locked_until"] is not None and pair["locked_until"] > now:
+        self.refuse_if_locked(
+            FailureCounter.of(pair) if pair is not None else None,
+            FailureCounter.of(account) if account is not None else None,
+            now,
+        )
+
+    def refuse_if_locked(self, pair: FailureCounter | None, account: FailureCounter | None, now: datetime) -> None:
+        """The lockout rule, pure: ResourceExhausted while the pair's lock or (for an address not
+        trusted) the account's lock holds."""
+        if pair is not None and pair.locked_until is not None and pair.locked_until > now:
             raise _exhausted(
                 "address_lockout",
                 "code confirmation is locked for this account from this client address after repeated failures",
                 now,
-                pair["locked_until"],
+                pair.locked_until,
             )
         if (
             account is not None
-            and account["locked_until"] is not None
-            and account["locked_until"] > now
-            and not self._trusted(pair, now)
+            and account.locked_until is not None
+            and account.locked_until > now
+            and not self.trusted(pair, now)
         ):
             raise _exhausted(
                 "account_lockout",
                 "code confirmation is locked for this account after repeated failures",
                 now,
-                account["locked_until"],
+                account.locked_until,
             )
 
     async def record_failure(
@@ -280,18 +324,45 @@ class AbuseLimits:
         """Counts one failed confirmation; escalates to a lockout at a threshold."""
         now = self._clock()
         key = self.address_key(client_address) or UNKNOWN_ADDRESS
-        pair_row = await self._upsert_locked(conn, tenant_id, user_id, key, now)
-        account_row = await self._upsert_locked(conn, tenant_id, user_id, ACCOUNT_WIDE, now)
+        pair_row = FailureCounter.of(await self._upsert_locked(conn, tenant_id, user_id, key, now))
+        account_row = FailureCounter.of(await self._upsert_locked(conn, tenant_id, user_id, ACCOUNT_WIDE, now))
         pair = await self._count(conn, tenant_id, user_id, key, pair_row, self.lockouts.per_address_threshold, now)
         account = await self._count(
             conn, tenant_id, user_id, ACCOUNT_WIDE, account_row, self.lockouts.per_account_threshold, now
         )
+        return self.failure_recorded(pair_row, pair.state, account.state, now)
+
+    def failure_recorded(
+        self, pair_before: FailureCounter, pair: LockoutState, account: LockoutState, now: datetime
+    ) -> FailureRecorded:
+        """What a failure did, from the pair's counters before it and both counters after it."""
         waits = [s.locked_until for s in (pair,) if s.locked_at(now)]
-        if account.locked_at(now) and not self._trusted(pair_row, now):
+        if account.locked_at(now) and not self.trusted(pair_before, now):
             waits.append(account.locked_until)
         locked_until = max((w for w in waits if w is not None), default=None)
         remaining = 0 if locked_until else self.lockouts.per_address_threshold - pair.failed_attempts
         return FailureRecorded(pair, account, locked_until, max(0, remaining))
+
+    def counted(self, counter: FailureCounter, threshold: int, now: datetime) -> FailureCounter:
+        """One more failure on `counter`, pure: escalates at `threshold`; a locked counter does not count."""
+        if counter.locked_at(now):
+            return counter
+        level, failed, until = counter.level, counter.failed_attempts, counter.locked_until
+        last = counter.last_failure_at
+        if last is None or last <= now - self.lockouts.failure_window:
+            failed = 0
+        if level and until is not None and until <= now - self.lockouts.level_reset_after:
+            level = 0
+        failed += 1
+        if failed >= threshold:
+            level += 1
+            until = now + self.lockouts.duration(level)
+            failed = 0
+        return replace(counter, failed_attempts=failed, level=level, locked_until=until, last_failure_at=now)
+
+    def succeeded(self, counter: FailureCounter | None, now: datetime) -> FailureCounter:
+        """A counter after a confirmed code, pure: reset, and the address trusted from now."""
+        return FailureCounter(last_failure_at=counter.last_failure_at if counter else None, last_success_at=now)
 
     async def record_success(
         self, conn: AsyncConnection, *, tenant_id: str, user_id: str, client_address: str | None
@@ -356,11 +427,12 @@ class AbuseLimits:
 
     # ------------------------------------------------------------------ helpers
 
-    def _trusted(self, pair: Any, now: datetime) -> bool:
+    def trusted(self, pair: FailureCounter | None, now: datetime) -> bool:
+        """Whether the pair's address confirmed a code for the account recently enough to pass its lock."""
         return (
             pair is not None
-            and pair["last_success_at"] is not None
-            and pair["last_success_at"] > now - self.lockouts.trusted_address_for
+            and pair.last_success_at is not None
+            and pair.last_success_at > now - self.lockouts.trusted_address_for
         )
 
     async def _rows(
@@ -390,28 +462,22 @@ class AbuseLimits:
         tenant_id: str,
         user_id: str,
         address_key: bytes,
-        row: Any,
+        before: FailureCounter,
         threshold: int,
         now: datetime,
-    ) -> LockoutState:
-        level, failed, until = row["level"], row["failed_attempts"], row["locked_until"]
-        if until is not None and until > now:
-            return LockoutState(failed, level, until)  # locked: failures meanwhile do not count
-        last = row["last_failure_at"]
-        if last is None or last <= now - self.lockouts.failure_window:
-            failed = 0
-        last_lock_end = until
-        if level and last_lock_end is not None and last_lock_end <= now - self.lockouts.level_reset_after:
-            level = 0
-        failed += 1
-        if failed >= threshold:
-            level += 1
-            until = now + self.lockouts.duration(level)
-            failed = 0
+    ) -> FailureCounter:
+        if before.locked_at(now):
+            return before  # locked: failures meanwhile do not count
+        after = self.counted(before, threshold, now)
         c = verification_failures.c
         await conn.execute(
             update(verification_failures)
             .where(c.tenant_id == tenant_id, c.user_id == user_id, c.address_key == address_key)
-            .values(failed_attempts=failed, level=level, locked_until=until, last_failure_at=now)
+            .values(
+                failed_attempts=after.failed_attempts,
+                level=after.level,
+                locked_until=after.locked_until,
+                last_failure_at=after.last_failure_at,
+            )
         )
-        return LockoutState(failed, level, until)
+        return after

@@ -7,6 +7,9 @@ limits work in the same transaction, so a failed SMS send rolls back the code
 and the count with the rest. Constraint violations the use cases act on come
 back as `KeyTaken` (an idempotency key another request holds) or a False
 claim (an identity another account holds), never as database errors.
+
+The unit tests' store is InMemoryVerificationStore (memory.py); the contract
+suite (tests/integration/test_verification_store_contract.py) holds both alike.
 """
 
 from __future__ import annotations
