@@ -1,5 +1,6 @@
 """Composition root of the gateway: settings → store → key service →
-upstreams → proxy, health and servicer → server (the parts come from `wiring`)."""
+upstreams → proxy, health and servicer → authentication then rate limits →
+server (the parts come from `wiring`)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def compose(settings: GatewaySettings) -> GrpcProcess:
         name="gateway",
         registrations=[own],
         options=wiring.gateway_server_options(settings, upstreams),
-        auth_interceptor=ApiKeyInterceptor(keys),
+        auth_interceptor=wiring.InterceptorChain(ApiKeyInterceptor(keys), wiring.rate_limits(settings, keys)),
         health_servicer=GatewayHealthServicer(upstreams, list(own.service_names)),
         generic_handlers=proxy.generic_handlers(),
         on_shutdown=[close],

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
+import grpc
+
 from avgate.kernel.grpc.server import ServerOptions
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TokenSigner
 from avgate.kernel.process import server_options
 from avgate.kernel.settings import Environment, ProductionProfileError
 from gateway.config import GatewaySettings
+from gateway.domain import RateLimit
+from gateway.limits import ClientAddresses, LimitDefaults, RateLimiter, RateLimitInterceptor
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream, build_upstreams
 
@@ -44,3 +51,33 @@ def gateway_server_options(settings: GatewaySettings, upstreams: list[Upstream])
     options = server_options(settings)
     options.extra_reflection_names = [name for u in upstreams for name in u.service_names]
     return options
+
+
+def rate_limits(settings: GatewaySettings, keys: ApiKeyService) -> RateLimitInterceptor | None:
+    """The front door's rate limits (None when GATEWAY_RATE_LIMITS_ENABLED is false)."""
+    if not settings.rate_limits_enabled:
+        return None
+    defaults = LimitDefaults(
+        api_key=RateLimit(settings.key_requests_per_second, settings.key_burst),
+        tenant=RateLimit(settings.tenant_requests_per_second, settings.tenant_burst),
+        address=RateLimit(settings.address_requests_per_second, settings.address_burst),
+    )
+    limiter = RateLimiter(replicas=settings.replicas, max_buckets=settings.rate_limit_buckets)
+    return RateLimitInterceptor(limiter, defaults, keys, ClientAddresses(settings.trusted_proxies))
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):
+    """Several interceptors in the one place the process takes its caller check, the first outermost:
+    authentication binds the principal, then the rate limits read it."""
+
+    def __init__(self, *interceptors: grpc.aio.ServerInterceptor | None):
+        self._interceptors = [i for i in interceptors if i is not None]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        for interceptor in reversed(self._interceptors):
+            continuation = functools.partial(interceptor.intercept_service, continuation)
+        return await continuation(handler_call_details)
