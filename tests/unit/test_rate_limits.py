@@ -212,8 +212,7 @@ class TestWhoIsLimited:
     async def test_a_tenants_keys_share_the_tenant_bucket(self) -> None:
         limits = interceptor()
         admitted = [
-            await calls_admitted(limits, provider("acme", subject=f"key-{i}"), FakeContext(KEYED), 10)
-            for i in range(3)
+            await calls_admitted(limits, provider("acme", subject=f"key-{i}"), FakeContext(KEYED), 10) for i in range(3)
         ]
         assert admitted == [5, 3, 0]  # the tenant's burst of 8, whichever key asks
 
@@ -253,8 +252,7 @@ class TestWhoIsLimited:
     async def test_an_operator_set_tenant_limit_replaces_the_default(self) -> None:
         limits = interceptor(OperatorSetLimits(tenants={"acme": RateLimit(1, 3)}))
         admitted = [
-            await calls_admitted(limits, provider("acme", subject=f"key-{i}"), FakeContext(KEYED), 10)
-            for i in range(2)
+            await calls_admitted(limits, provider("acme", subject=f"key-{i}"), FakeContext(KEYED), 10) for i in range(2)
         ]
         assert admitted == [3, 0]
 
