@@ -1,5 +1,6 @@
 """Composition root of the gateway: settings → store → key service →
-upstreams → proxy, health and servicer → server (the parts come from `wiring`)."""
+upstreams → proxy, health and servicer → authentication then rate limits →
+server (the parts come from `wiring`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run
 from gateway import wiring
+from gateway.addresses import ClientAddresses
 from gateway.auth import ApiKeyInterceptor
 from gateway.config import GatewaySettings
 from gateway.health import GatewayHealthServicer
@@ -37,7 +39,7 @@ async def compose(settings: GatewaySettings, clock: Callable[[], float] = time.m
         signer,
         settings.default_timeout_seconds,
         guards,
-        wiring.limit_defaults(settings),
+        wiring.method_limit_defaults(settings),
         settings.method_limits,
         settings.max_attempts,
         clock,
@@ -53,7 +55,10 @@ async def compose(settings: GatewaySettings, clock: Callable[[], float] = time.m
         name="gateway",
         registrations=[own],
         options=wiring.gateway_server_options(settings, upstreams),
-        auth_interceptor=ApiKeyInterceptor(keys, AccessTable.from_contracts()),
+        auth_interceptor=wiring.InterceptorChain(
+            ApiKeyInterceptor(keys, AccessTable.from_contracts(), ClientAddresses(settings.trusted_proxies)),
+            wiring.rate_limits(settings, keys),
+        ),
         health_servicer=GatewayHealthServicer(upstreams, list(own.service_names)),
         generic_handlers=proxy.generic_handlers(),
         on_shutdown=[close],

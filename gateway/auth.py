@@ -33,6 +33,7 @@ from avgate.kernel.principal import (
     normalise_client_address,
     unbind_principal,
 )
+from gateway.addresses import ANONYMOUS_SUBJECT, ClientAddresses, peer_address
 from gateway.service import ApiKeyService
 
 END_USER_ADDRESS_KEY = "x-avgate-end-user-address"
@@ -45,24 +46,11 @@ def presented_secret(metadata: grpc.aio.Metadata | None) -> str | None:
     return metadata_value(metadata, "x-api-key")
 
 
-def peer_address(peer: str) -> str | None:
-    """'ipv4:1.2.3.4:5678' or 'ipv6:[::1]:5678' → the IP."""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return normalise_client_address(rest.rsplit(":", 1)[0])
-    if kind == "ipv6":
-        return normalise_client_address(rest.rsplit(":", 1)[0].strip("[]"))
-    return None
-
-
-ANONYMOUS_SUBJECT = "anonymous"
-"""The subject of a keyless caller's public principal (its address is the client address)."""
-
-
 class ApiKeyInterceptor(ScopedInterceptor):
-    def __init__(self, keys: ApiKeyService, access: AccessTable):
+    def __init__(self, keys: ApiKeyService, access: AccessTable, addresses: ClientAddresses | None = None):
         self._keys = keys
         self._access = access
+        self._addresses = addresses or ClientAddresses()
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(OPEN_METHOD_PREFIXES)
@@ -77,7 +65,7 @@ class ApiKeyInterceptor(ScopedInterceptor):
             principal = Principal(
                 role=Role.PUBLIC,
                 subject=ANONYMOUS_SUBJECT,
-                client_address=peer_address(context.peer()),
+                client_address=self._addresses.of(context.peer(), metadata),
                 request_id=request_id,
             )
             async with self._bound(principal, context):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from avgate.kernel.settings import ProcessSettings
@@ -31,6 +32,38 @@ class GatewaySettings(ProcessSettings):
     key_cache_seconds: float = 5.0
     """How long an authenticated API key record is reused before it is read again, in seconds. A revoke or
     rotate through this gateway applies at once; through another replica, within this time."""
+    rate_limits_enabled: bool = True
+    """Token-bucket rate limits per API key, per tenant and per keyless client address (gateway/limits.py).
+    Off only to measure what they cost."""
+    key_requests_per_second: float = Field(default=100.0, gt=0)
+    """Default sustained limit of one API key, in requests per second, across all replicas (an operator sets
+    another per key: `avgate keys limit`). About a tenth of what one gateway replica relays (the benchmark's
+    ~700-1,500 unary calls/s per core), so one client alone cannot take a replica over."""
+    key_burst: int = Field(default=200, ge=1)
+    """Default burst of one API key: calls accepted at once after a pause (two seconds' worth of the rate, so
+    a batch job that wakes up is not refused at its first step)."""
+    tenant_requests_per_second: float = Field(default=300.0, gt=0)
+    """Default sustained limit of all of one tenant's keys together, in requests per second, across all
+    replicas (`avgate keys tenant-limit` sets another): three keys at full rate, so a tenant cannot escape
+    its share by creating keys, while one tenant still cannot crowd out the others."""
+    tenant_burst: int = Field(default=600, ge=1)
+    """Default burst of one tenant (two seconds' worth of its rate)."""
+    address_requests_per_second: float = Field(default=5.0, gt=0)
+    """Sustained limit of one client address without a key (an IPv6 /64), in requests per second, across all
+    replicas. Keyless callers are people filing complaints and anyone checking the ledger's proofs: a person
+    makes a few calls a minute, a verifier a few a second; a scraper or flood is refused."""
+    address_burst: int = Field(default=20, ge=1)
+    """Burst of one keyless client address: a complaint with its evidence uploads and a status check."""
+    trusted_proxies: list[str] = []
+    """CIDRs of the proxies (load balancers) in front of the gateway, for example ["10.0.0.0/8"]: for calls
+    from them the client address is the last hop of `X-Forwarded-For`. Empty: the peer is the client, and
+    an `X-Forwarded-For` header is ignored (anyone can write one)."""
+    replicas: int = Field(default=1, ge=1)
+    """How many gateway replicas share the load: each enforces its share (limit ÷ replicas) of every rate
+    limit with buckets of its own, so the project needs no shared store (see gateway/limits.py)."""
+    rate_limit_buckets: int = Field(default=100_000, ge=1)
+    """Most token buckets kept; the least recently used is forgotten first (callers choose their addresses,
+    so memory must not grow with them). About 33 MB at the default (measured with tracemalloc)."""
     dev_api_keys: bool = True
     """Development API keys, one per role, may be in use (local stand-in; production refuses it, and also
     refuses while development keys are still active in the database)."""
@@ -63,6 +96,16 @@ class GatewaySettings(ProcessSettings):
     """Retries in flight at most, as a share of the calls in flight (Envoy's 20%); never fewer than 3."""
     max_attempts: int = Field(default=3, ge=1, le=5)
     """Attempts per call at most (the first included) for methods the contract marks as safe to retry."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not a CIDR: {cidr!r}") from exc
+        return value
 
     def upstream_targets(self) -> dict[str, str]:
         return {

@@ -12,6 +12,26 @@ from datetime import datetime
 from avgate.kernel.principal import RegulatorScope, Role
 
 SECRET_PREFIX = "avgk"  # noqa: S105 - a public prefix, not a secret
+MAX_REQUESTS_PER_SECOND = 1_000_000.0
+MAX_BURST = 1_000_000
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket's shape: `requests_per_second` sustained, up to `burst` at once after a pause."""
+
+    requests_per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class TenantRateLimit:
+    """An operator's limit on all of a tenant's keys together (None: the gateway's default applies)."""
+
+    tenant_id: str
+    rate_limit: RateLimit | None
+    update_time: datetime | None = None
+    updated_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,8 @@ class ApiKey:
     revoke_reason: str | None = None
     last_used_time: datetime | None = None
     development: bool = False
+    rate_limit: RateLimit | None = None
+    """An operator's limit on this key; None: the gateway's default per-key limit applies."""
 
     def is_active(self, now: datetime) -> bool:
         return self.revoke_time is None and (self.expire_time is None or now < self.expire_time)

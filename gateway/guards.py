@@ -66,7 +66,7 @@ class MethodLimits:
 
 
 @dataclass(frozen=True)
-class LimitDefaults:
+class MethodLimitDefaults:
     unary_request_bytes: int
     stream_message_bytes: int
     upload_max_seconds: float
@@ -76,7 +76,7 @@ class LimitDefaults:
 
 
 def method_limits(
-    method: MethodDescriptor, defaults: LimitDefaults, overrides: Mapping[str, Mapping[str, float]]
+    method: MethodDescriptor, defaults: MethodLimitDefaults, overrides: Mapping[str, Mapping[str, float]]
 ) -> MethodLimits:
     """A method's limits: by its kind (unary, upload, server stream), then its own override, if any."""
     path = f"/{method.containing_service.full_name}/{method.name}"

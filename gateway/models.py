@@ -8,7 +8,9 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Double,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -19,6 +21,9 @@ from sqlalchemy import (
 SCHEMA = "gateway"
 
 metadata = MetaData(schema=SCHEMA)
+
+RATE_LIMIT_SHAPE = "({rps} is null) = ({burst} is null) and ({rps} is null or ({rps} > 0 and {burst} >= 1))"
+"""Both halves of a rate limit are set or neither, and a set one admits something."""
 
 api_keys = Table(
     "api_keys",
@@ -39,7 +44,25 @@ api_keys = Table(
     Column("revoke_reason", Text),
     Column("last_used_time", DateTime(timezone=True)),
     Column("development", Boolean, nullable=False, server_default="false"),
+    # An operator's limit on the key; both null: the gateway's default applies.
+    Column("rate_limit_rps", Double),
+    Column("rate_limit_burst", Integer),
+    CheckConstraint(
+        RATE_LIMIT_SHAPE.format(rps="rate_limit_rps", burst="rate_limit_burst"), name="api_keys_rate_limit"
+    ),
     CheckConstraint("role in ('provider', 'regulator', 'public', 'operator')", name="api_keys_role_known"),
     CheckConstraint("(role = 'provider') = (tenant_id is not null)", name="api_keys_tenant_iff_provider"),
     Index("api_keys_tenant_created", "tenant_id", "create_time", "key_id"),
 )
+
+tenant_rate_limits = Table(
+    "tenant_rate_limits",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("requests_per_second", Double, nullable=False),
+    Column("burst", Integer, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Column("updated_by", Text, nullable=False),
+    CheckConstraint("requests_per_second > 0 and burst >= 1", name="tenant_rate_limits_positive"),
+)
+"""Operators' limits on all of a tenant's keys together; no row: the gateway's default applies."""

@@ -22,9 +22,10 @@ from google.protobuf.descriptor import MethodDescriptor
 from avgate.kernel.principal import TOKEN_METADATA_KEY, TokenSigner, current_principal
 from avgate.kernel.resilience import backoff_delays
 from avgate.kernel.telemetry import outgoing_trace_metadata
+from gateway.addresses import caller_key
 from gateway.guards import (
     Guards,
-    LimitDefaults,
+    MethodLimitDefaults,
     MethodLimits,
     StreamTimedOut,
     UpstreamGuard,
@@ -57,7 +58,7 @@ class Proxy:
         signer: TokenSigner,
         default_timeout_seconds: float,
         guards: Guards,
-        limit_defaults: LimitDefaults,
+        limit_defaults: MethodLimitDefaults,
         limit_overrides: Mapping[str, Mapping[str, float]] | None = None,
         max_attempts: int = 3,
         clock: Callable[[], float] = time.monotonic,
@@ -164,7 +165,7 @@ class Proxy:
 
             async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> Any:
                 check_size(request, limits)
-                with self._guards.admitted(upstream.name, current_principal().subject) as guard:
+                with self._guards.admitted(upstream.name, caller_key(current_principal())) as guard:
                     try:
                         return await self._unary(upstream, guard, method, limits, request, context)
                     except grpc.aio.AioRpcError as exc:
@@ -175,7 +176,7 @@ class Proxy:
         if descriptor.client_streaming and not descriptor.server_streaming:
 
             async def stream_unary(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-                with self._guards.admitted(upstream.name, current_principal().subject) as guard:
+                with self._guards.admitted(upstream.name, caller_key(current_principal())) as guard:
                     self._guards.breaker_allows(guard)
                     started = self._clock()
                     call = channel().stream_unary(method)(
@@ -206,7 +207,7 @@ class Proxy:
 
             async def unary_stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 check_size(request, limits)
-                with self._guards.admitted(upstream.name, current_principal().subject) as guard:
+                with self._guards.admitted(upstream.name, caller_key(current_principal())) as guard:
                     self._guards.breaker_allows(guard)
                     call = channel().unary_stream(method)(
                         request, metadata=self._metadata(upstream, method), timeout=stream_timeout(context)
@@ -229,7 +230,7 @@ class Proxy:
         async def stream_stream(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            with self._guards.admitted(upstream.name, current_principal().subject) as guard:
+            with self._guards.admitted(upstream.name, caller_key(current_principal())) as guard:
                 self._guards.breaker_allows(guard)
                 started = self._clock()
                 call = channel().stream_stream(method)(

@@ -12,7 +12,7 @@ from avgate.kernel import convert
 from avgate.kernel.grpc.server import ServiceRegistration
 from avgate.kernel.principal import current_principal
 from avgate.kernel.resilience import BreakerState
-from gateway.domain import ApiKey
+from gateway.domain import ApiKey, RateLimit, TenantRateLimit
 from gateway.guards import Guards
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream
@@ -20,6 +20,25 @@ from gateway.upstreams import Upstream
 _SERVING_STATUS = {
     health_pb2.HealthCheckResponse.SERVING: gateway_pb2.SERVING_STATUS_SERVING,
 }
+
+
+def rate_limit_from_proto(message: gateway_pb2.RateLimit, present: bool) -> RateLimit | None:
+    return RateLimit(message.requests_per_second, message.burst) if present else None
+
+
+def rate_limit_to_proto(limit: RateLimit | None) -> gateway_pb2.RateLimit | None:
+    if limit is None:
+        return None
+    return gateway_pb2.RateLimit(requests_per_second=limit.requests_per_second, burst=limit.burst)
+
+
+def tenant_rate_limit_to_proto(record: TenantRateLimit) -> gateway_pb2.TenantRateLimit:
+    return gateway_pb2.TenantRateLimit(
+        tenant_id=record.tenant_id,
+        rate_limit=rate_limit_to_proto(record.rate_limit),
+        update_time=convert.timestamp(record.update_time),
+        updated_by=record.updated_by,
+    )
 
 
 def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
@@ -34,6 +53,7 @@ def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
         revoke_time=convert.timestamp(key.revoke_time),
         created_by=key.created_by,
         last_used_time=convert.timestamp(key.last_used_time),
+        rate_limit=rate_limit_to_proto(key.rate_limit),
     )
 
 
@@ -56,6 +76,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tenant_id=request.tenant_id,
             regulator_scope=convert.scope_from_proto(request.regulator_scope, request.HasField("regulator_scope")),
             ttl=convert.duration_from_proto(request.ttl, request.HasField("ttl"), "ttl"),
+            rate_limit=rate_limit_from_proto(request.rate_limit, request.HasField("rate_limit")),
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 
@@ -92,6 +113,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             secret=rotated.secret,
             previous_secret_expire_time=convert.timestamp(rotated.previous_secret_expire_time),
         )
+
+    async def SetApiKeyRateLimit(
+        self, request: gateway_pb2.SetApiKeyRateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SetApiKeyRateLimitResponse:
+        key = await self._keys.set_key_rate_limit(
+            current_principal(),
+            key_id=request.key_id,
+            rate_limit=rate_limit_from_proto(request.rate_limit, request.HasField("rate_limit")),
+        )
+        return gateway_pb2.SetApiKeyRateLimitResponse(api_key=api_key_to_proto(key))
+
+    async def SetTenantRateLimit(
+        self, request: gateway_pb2.SetTenantRateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SetTenantRateLimitResponse:
+        record = await self._keys.set_tenant_rate_limit(
+            current_principal(),
+            tenant_id=request.tenant_id,
+            rate_limit=rate_limit_from_proto(request.rate_limit, request.HasField("rate_limit")),
+        )
+        return gateway_pb2.SetTenantRateLimitResponse(tenant_rate_limit=tenant_rate_limit_to_proto(record))
+
+    async def GetTenantRateLimit(
+        self, request: gateway_pb2.GetTenantRateLimitRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetTenantRateLimitResponse:
+        record = await self._keys.get_tenant_rate_limit(current_principal(), tenant_id=request.tenant_id)
+        return gateway_pb2.GetTenantRateLimitResponse(tenant_rate_limit=tenant_rate_limit_to_proto(record))
 
     async def GetAggregateHealth(
         self, request: gateway_pb2.GetAggregateHealthRequest, context: grpc.aio.ServicerContext

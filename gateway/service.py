@@ -1,9 +1,11 @@
 """API key use cases: who may create, list, revoke and rotate which keys,
-and how a presented secret becomes a principal.
+who may set rate limits, and how a presented secret becomes a principal.
 
 Operators manage every key. A provider manages only its own tenant's
 provider keys; other roles manage none. A key outside the caller's reach is
-reported as not found, so tenants learn nothing of each other.
+reported as not found, so tenants learn nothing of each other. Rate limits
+on keys and tenants are set by operators alone (a provider must not raise
+its own); a provider may read its own tenant's limit.
 """
 
 from __future__ import annotations
@@ -11,14 +13,25 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import DEPARTMENTS, REGION_CODE, TENANT_ID, Principal, RegulatorScope, Role
 from avgate.ledger.entry import LedgerEntry
-from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
+from gateway.domain import (
+    MAX_BURST,
+    MAX_REQUESTS_PER_SECOND,
+    ApiKey,
+    RateLimit,
+    StoredApiKey,
+    TenantRateLimit,
+    hash_secret,
+    key_id_of,
+    new_key_id,
+    new_secret,
+)
 from gateway.store import ApiKeyStore
 
 MAX_TTL = timedelta(days=730)
@@ -50,6 +63,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def check_rate_limit(check: FieldChecker, limit: RateLimit | None, path: str) -> None:
+    if limit is None:
+        return
+    check.require(
+        0 < limit.requests_per_second <= MAX_REQUESTS_PER_SECOND,
+        f"{path}.requests_per_second",
+        f"must be positive and at most {MAX_REQUESTS_PER_SECOND:,.0f}",
+    )
+    check.require(1 <= limit.burst <= MAX_BURST, f"{path}.burst", f"must be 1 to {MAX_BURST:,}")
+
+
+def _limit_data(limit: RateLimit | None) -> dict[str, object]:
+    if limit is None:
+        return {"rate_limit": None}
+    return {"rate_limit": {"requests_per_second": limit.requests_per_second, "burst": limit.burst}}
+
+
 class ApiKeyService:
     def __init__(
         self,
@@ -68,6 +98,7 @@ class ApiKeyService:
         # gateway replica sees the change within cache_seconds.
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, StoredApiKey | None]] = {}
+        self._tenant_limits: dict[str, tuple[float, RateLimit | None]] = {}
 
     async def create(
         self,
@@ -79,6 +110,7 @@ class ApiKeyService:
         regulator_scope: RegulatorScope | None,
         ttl: timedelta | None,
         development: bool = False,
+        rate_limit: RateLimit | None = None,
     ) -> CreatedKey:
         check = FieldChecker()
         check.require(1 <= len(display_name.strip()) <= 200, "display_name", "must be 1 to 200 characters")
@@ -109,9 +141,12 @@ class ApiKeyService:
             check.add("regulator_scope", "only regulator keys have a scope")
         if ttl is not None:
             check.require(timedelta(0) < ttl <= MAX_TTL, "ttl", "must be positive and at most 730 days")
+        check_rate_limit(check, rate_limit, "rate_limit")
         check.raise_if_any()
         assert role is not None
         self._authorize_manage(caller, role, tenant_id or None)
+        if rate_limit is not None:
+            caller.require_role(Role.OPERATOR)  # a provider must not choose its own limit
         now = self._clock()
         key_id = new_key_id()
         secret = new_secret(key_id)
@@ -125,13 +160,12 @@ class ApiKeyService:
             created_by=f"{caller.role.value}:{caller.subject}",
             expire_time=now + ttl if ttl is not None else None,
             development=development,
+            rate_limit=rate_limit,
         )
-        audit = self._audit(
-            caller,
-            "api_key.create",
-            key,
-            data={"role": role.value, "development": development, "expire_time": _iso(key.expire_time)},
-        )
+        data: dict[str, object] = {"role": role.value, "development": development, "expire_time": _iso(key.expire_time)}
+        if rate_limit is not None:
+            data.update(_limit_data(rate_limit))
+        audit = self._audit(caller, "api_key.create", key, data=data)
         await self._store.add(StoredApiKey(key=key, secret_hash=hash_secret(secret)), audit)
         return CreatedKey(key, secret)
 
@@ -200,6 +234,76 @@ class ApiKeyService:
         await self._store.save(rotated, audit)
         self._cache.pop(key_id, None)
         return RotatedKey(stored.key, secret, previous_expire)
+
+    async def set_key_rate_limit(self, caller: Principal, *, key_id: str, rate_limit: RateLimit | None) -> ApiKey:
+        """Sets a key's own limit; None puts it back on the gateway's default."""
+        check = FieldChecker()
+        check.require(bool(key_id), "key_id", "must be set")
+        check_rate_limit(check, rate_limit, "rate_limit")
+        check.raise_if_any()
+        caller.require_role(Role.OPERATOR)
+        stored = await self._visible(caller, key_id)
+        updated = stored.key if stored.key.rate_limit == rate_limit else replace(stored.key, rate_limit=rate_limit)
+        audit = self._audit(caller, "api_key.set_rate_limit", updated, data=_limit_data(rate_limit))
+        await self._store.save_rate_limit(key_id, rate_limit, audit)
+        self._cache.pop(key_id, None)
+        return updated
+
+    async def set_tenant_rate_limit(
+        self, caller: Principal, *, tenant_id: str, rate_limit: RateLimit | None
+    ) -> TenantRateLimit:
+        """Sets the limit on all of a tenant's keys together; None puts it back on the default."""
+        check = FieldChecker()
+        check.require(bool(TENANT_ID.fullmatch(tenant_id)), "tenant_id", "2-63 of a-z, 0-9, '-'")
+        check_rate_limit(check, rate_limit, "rate_limit")
+        check.raise_if_any()
+        caller.require_role(Role.OPERATOR)
+        record = TenantRateLimit(
+            tenant_id=tenant_id,
+            rate_limit=rate_limit,
+            update_time=self._clock(),
+            updated_by=f"{caller.role.value}:{caller.subject}",
+        )
+        audit = LedgerEntry(
+            action="tenant.set_rate_limit",
+            subject_type="tenant",
+            subject_id=tenant_id,
+            actor=caller,
+            tenant_id=tenant_id,
+            data=_limit_data(rate_limit),
+        )
+        await self._store.set_tenant_rate_limit(record, audit)
+        self._tenant_limits.pop(tenant_id, None)
+        return record
+
+    async def get_tenant_rate_limit(self, caller: Principal, *, tenant_id: str) -> TenantRateLimit:
+        """A tenant's own limit (rate_limit None: the default applies); a provider reads only its own."""
+        check = FieldChecker()
+        check.require(bool(TENANT_ID.fullmatch(tenant_id)), "tenant_id", "2-63 of a-z, 0-9, '-'")
+        check.raise_if_any()
+        if caller.role is not Role.OPERATOR:
+            caller.require_role(Role.OPERATOR, Role.PROVIDER)
+            if caller.require_tenant() != tenant_id:
+                raise NotFound("tenant", tenant_id)
+        return await self._store.get_tenant_rate_limit(tenant_id) or TenantRateLimit(tenant_id, None)
+
+    async def rate_limits(self, key_id: str, tenant_id: str | None) -> tuple[RateLimit | None, RateLimit | None]:
+        """The limits an operator set on a key and on its tenant (None: the default), cached like the keys:
+        the key's record is the one authentication just read."""
+        stored = await self._cached_get(key_id)
+        key_limit = stored.key.rate_limit if stored is not None else None
+        if tenant_id is None:
+            return key_limit, None
+        hit = self._tenant_limits.get(tenant_id)
+        if hit is not None and self._monotonic() - hit[0] < self._cache_seconds:
+            return key_limit, hit[1]
+        record = await self._store.get_tenant_rate_limit(tenant_id)
+        tenant_limit = record.rate_limit if record is not None else None
+        if self._cache_seconds > 0:
+            if len(self._tenant_limits) >= MAX_CACHED_KEYS:
+                self._tenant_limits.clear()
+            self._tenant_limits[tenant_id] = (self._monotonic(), tenant_limit)
+        return key_limit, tenant_limit
 
     async def authenticate(self, secret: str | None) -> ApiKey:
         """The active key a presented secret belongs to, or Unauthenticated."""

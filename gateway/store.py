@@ -7,15 +7,16 @@ import builtins
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from avgate.kernel.paging import Cursor
 from avgate.kernel.principal import RegulatorScope, Role
 from avgate.ledger.append import append as ledger_append
 from avgate.ledger.entry import LedgerEntry, canonical_bytes
-from gateway.domain import ApiKey, StoredApiKey
-from gateway.models import api_keys
+from gateway.domain import ApiKey, RateLimit, StoredApiKey, TenantRateLimit
+from gateway.models import api_keys, tenant_rate_limits
 
 
 class ApiKeyStore(Protocol):
@@ -39,6 +40,16 @@ class ApiKeyStore(Protocol):
 
     async def active_development_keys(self, now: datetime) -> builtins.list[ApiKey]: ...
 
+    async def save_rate_limit(self, key_id: str, limit: RateLimit | None, audit: LedgerEntry) -> None:
+        """Writes a key's limit alone (None: back to the default), so it cannot undo a revoke or rotate."""
+        ...
+
+    async def get_tenant_rate_limit(self, tenant_id: str) -> TenantRateLimit | None: ...
+
+    async def set_tenant_rate_limit(self, record: TenantRateLimit, audit: LedgerEntry) -> None:
+        """Sets a tenant's limit, or removes it when `record.rate_limit` is None."""
+        ...
+
 
 def _sort_key(key: ApiKey) -> Cursor:
     return (key.create_time, key.key_id)
@@ -47,6 +58,7 @@ def _sort_key(key: ApiKey) -> Cursor:
 class InMemoryApiKeyStore:
     def __init__(self) -> None:
         self._rows: dict[str, StoredApiKey] = {}
+        self._tenant_limits: dict[str, TenantRateLimit] = {}
         self.ledger: builtins.list[LedgerEntry] = []
 
     async def add(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
@@ -74,8 +86,8 @@ class InMemoryApiKeyStore:
     async def save(self, stored: StoredApiKey, audit: LedgerEntry) -> None:
         canonical_bytes(audit)
         existing = self._rows.get(stored.key.key_id)
-        if existing is not None:  # last use is record_use's alone
-            stored = stored.with_key(last_used_time=existing.key.last_used_time)
+        if existing is not None:  # last use is record_use's alone, the limit save_rate_limit's
+            stored = stored.with_key(last_used_time=existing.key.last_used_time, rate_limit=existing.key.rate_limit)
         self._rows[stored.key.key_id] = stored
         self.ledger.append(audit)
 
@@ -86,6 +98,24 @@ class InMemoryApiKeyStore:
 
     async def active_development_keys(self, now: datetime) -> builtins.list[ApiKey]:
         return [s.key for s in self._rows.values() if s.key.development and s.key.is_active(now)]
+
+    async def save_rate_limit(self, key_id: str, limit: RateLimit | None, audit: LedgerEntry) -> None:
+        canonical_bytes(audit)
+        stored = self._rows.get(key_id)
+        if stored is not None:
+            self._rows[key_id] = stored.with_key(rate_limit=limit)
+        self.ledger.append(audit)
+
+    async def get_tenant_rate_limit(self, tenant_id: str) -> TenantRateLimit | None:
+        return self._tenant_limits.get(tenant_id)
+
+    async def set_tenant_rate_limit(self, record: TenantRateLimit, audit: LedgerEntry) -> None:
+        canonical_bytes(audit)
+        if record.rate_limit is None:
+            self._tenant_limits.pop(record.tenant_id, None)
+        else:
+            self._tenant_limits[record.tenant_id] = record
+        self.ledger.append(audit)
 
 
 class SqlApiKeyStore:
@@ -151,6 +181,43 @@ class SqlApiKeyStore:
             rows = (await conn.execute(query)).mappings().all()
         return [_from_row(r).key for r in rows]
 
+    async def save_rate_limit(self, key_id: str, limit: RateLimit | None, audit: LedgerEntry) -> None:
+        values = {
+            "rate_limit_rps": limit.requests_per_second if limit else None,
+            "rate_limit_burst": limit.burst if limit else None,
+        }
+        async with self._engine.begin() as conn:
+            await conn.execute(update(api_keys).where(api_keys.c.key_id == key_id).values(**values))
+            await ledger_append(conn, audit)
+
+    async def get_tenant_rate_limit(self, tenant_id: str) -> TenantRateLimit | None:
+        query = select(tenant_rate_limits).where(tenant_rate_limits.c.tenant_id == tenant_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        return TenantRateLimit(
+            tenant_id=row["tenant_id"],
+            rate_limit=RateLimit(row["requests_per_second"], row["burst"]),
+            update_time=row["update_time"],
+            updated_by=row["updated_by"],
+        )
+
+    async def set_tenant_rate_limit(self, record: TenantRateLimit, audit: LedgerEntry) -> None:
+        async with self._engine.begin() as conn:
+            if record.rate_limit is None:
+                await conn.execute(delete(tenant_rate_limits).where(tenant_rate_limits.c.tenant_id == record.tenant_id))
+            else:
+                values = {
+                    "requests_per_second": record.rate_limit.requests_per_second,
+                    "burst": record.rate_limit.burst,
+                    "update_time": record.update_time,
+                    "updated_by": record.updated_by,
+                }
+                upsert = insert(tenant_rate_limits).values(tenant_id=record.tenant_id, **values)
+                await conn.execute(upsert.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
+            await ledger_append(conn, audit)
+
 
 def _to_row(stored: StoredApiKey) -> dict[str, Any]:
     key = stored.key
@@ -172,6 +239,8 @@ def _to_row(stored: StoredApiKey) -> dict[str, Any]:
         "revoke_reason": key.revoke_reason,
         "last_used_time": key.last_used_time,
         "development": key.development,
+        "rate_limit_rps": key.rate_limit.requests_per_second if key.rate_limit else None,
+        "rate_limit_burst": key.rate_limit.burst if key.rate_limit else None,
     }
 
 
@@ -192,6 +261,7 @@ def _from_row(row: Any) -> StoredApiKey:
         revoke_reason=row["revoke_reason"],
         last_used_time=row["last_used_time"],
         development=row["development"],
+        rate_limit=RateLimit(row["rate_limit_rps"], row["rate_limit_burst"]) if row["rate_limit_rps"] else None,
     )
     return StoredApiKey(
         key=key,

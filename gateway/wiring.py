@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
+
+import grpc
 
 from avgate.kernel.grpc.server import ServerOptions
 from avgate.kernel.keys import SigningKey, load_private_key
@@ -10,8 +13,11 @@ from avgate.kernel.principal import TokenSigner
 from avgate.kernel.process import server_options
 from avgate.kernel.resilience import RetryBudget
 from avgate.kernel.settings import Environment, ProductionProfileError
+from gateway.addresses import ClientAddresses
 from gateway.config import GatewaySettings
-from gateway.guards import Guards, LimitDefaults
+from gateway.domain import RateLimit
+from gateway.guards import Guards, MethodLimitDefaults
+from gateway.limits import LimitDefaults, RateLimiter, RateLimitInterceptor
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream, build_upstreams
 
@@ -63,8 +69,8 @@ def guards(settings: GatewaySettings, upstreams: list[Upstream], clock: Callable
     )
 
 
-def limit_defaults(settings: GatewaySettings) -> LimitDefaults:
-    return LimitDefaults(
+def method_limit_defaults(settings: GatewaySettings) -> MethodLimitDefaults:
+    return MethodLimitDefaults(
         unary_request_bytes=settings.max_unary_request_bytes,
         stream_message_bytes=settings.max_stream_message_bytes,
         upload_max_seconds=settings.upload_max_seconds,
@@ -72,3 +78,33 @@ def limit_defaults(settings: GatewaySettings) -> LimitDefaults:
         stream_max_seconds=settings.stream_max_seconds,
         stream_idle_seconds=settings.stream_idle_seconds,
     )
+
+
+def rate_limits(settings: GatewaySettings, keys: ApiKeyService) -> RateLimitInterceptor | None:
+    """The front door's rate limits (None when GATEWAY_RATE_LIMITS_ENABLED is false)."""
+    if not settings.rate_limits_enabled:
+        return None
+    defaults = LimitDefaults(
+        api_key=RateLimit(settings.key_requests_per_second, settings.key_burst),
+        tenant=RateLimit(settings.tenant_requests_per_second, settings.tenant_burst),
+        address=RateLimit(settings.address_requests_per_second, settings.address_burst),
+    )
+    limiter = RateLimiter(replicas=settings.replicas, max_buckets=settings.rate_limit_buckets)
+    return RateLimitInterceptor(limiter, defaults, keys, ClientAddresses(settings.trusted_proxies))
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):
+    """Several interceptors in the one place the process takes its caller check, the first outermost:
+    authentication binds the principal, then the rate limits read it."""
+
+    def __init__(self, *interceptors: grpc.aio.ServerInterceptor | None):
+        self._interceptors = [i for i in interceptors if i is not None]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        for interceptor in reversed(self._interceptors):
+            continuation = functools.partial(interceptor.intercept_service, continuation)
+        return await continuation(handler_call_details)

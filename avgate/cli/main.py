@@ -2,7 +2,7 @@
 
 avgate run                      the whole local stack (embedded defaults)
 avgate db bootstrap|migrate|check
-avgate keys create|list|revoke|rotate   (through the gateway's RPCs)
+avgate keys create|list|revoke|rotate|limit|tenant-limit   (through the gateway's RPCs)
 avgate outbox replay --service S        (dead letters back to pending, in the ledger)
 """
 
@@ -14,6 +14,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, json_format
@@ -65,6 +66,19 @@ def cmd_db(args: argparse.Namespace) -> int:
     return failed
 
 
+def _rate_limit(args: argparse.Namespace, gateway_pb2: Any) -> Any:
+    """The RateLimit message of --rps/--burst; None for --default (or, when optional, for neither)."""
+    if getattr(args, "default", False):
+        if args.rps is not None or args.burst is not None:
+            raise SystemExit("give --rps and --burst, or --default, not both")
+        return None
+    if args.rps is None and args.burst is None:
+        return None
+    if args.rps is None or args.burst is None:
+        raise SystemExit("give both --rps and --burst")
+    return gateway_pb2.RateLimit(requests_per_second=args.rps, burst=args.burst)
+
+
 async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
     from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
     from avgate.kernel.convert import role_to_proto, scope_to_proto
@@ -84,6 +98,7 @@ async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
                 role=role_to_proto(Role(args.role)),  # type: ignore[arg-type]
                 tenant_id=args.tenant or "",
                 regulator_scope=scope_to_proto(scope),
+                rate_limit=_rate_limit(args, gateway_pb2),
             )
             if args.ttl_days:
                 request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(args.ttl_days * 86400)))
@@ -98,6 +113,27 @@ async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
             reply = await stub.RevokeApiKey(
                 gateway_pb2.RevokeApiKeyRequest(key_id=args.key_id, reason=args.reason), metadata=metadata, timeout=10
             )
+        elif args.keys_command == "limit":
+            if not args.default and args.rps is None and args.burst is None:
+                raise SystemExit("give --rps and --burst, or --default")
+            reply = await stub.SetApiKeyRateLimit(
+                gateway_pb2.SetApiKeyRateLimitRequest(key_id=args.key_id, rate_limit=_rate_limit(args, gateway_pb2)),
+                metadata=metadata,
+                timeout=10,
+            )
+        elif args.keys_command == "tenant-limit":
+            if not args.default and args.rps is None and args.burst is None:
+                reply = await stub.GetTenantRateLimit(
+                    gateway_pb2.GetTenantRateLimitRequest(tenant_id=args.tenant_id), metadata=metadata, timeout=10
+                )
+            else:
+                reply = await stub.SetTenantRateLimit(
+                    gateway_pb2.SetTenantRateLimitRequest(
+                        tenant_id=args.tenant_id, rate_limit=_rate_limit(args, gateway_pb2)
+                    ),
+                    metadata=metadata,
+                    timeout=10,
+                )
         else:
             rotate = gateway_pb2.RotateApiKeyRequest(key_id=args.key_id)
             if args.grace_hours is not None:
@@ -162,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--department", action="append", default=[], choices=DEPARTMENTS)
     create.add_argument("--region", action="append", default=[])
     create.add_argument("--ttl-days", type=float)
+    create.add_argument("--rps", type=float, help="the key's own rate limit, requests/s (operators; with --burst)")
+    create.add_argument("--burst", type=int, help="the key's own burst (operators; with --rps)")
     lst = ksub.add_parser("list")
     lst.add_argument("--tenant")
     lst.add_argument("--include-revoked", action="store_true")
@@ -171,6 +209,16 @@ def parser() -> argparse.ArgumentParser:
     rotate = ksub.add_parser("rotate")
     rotate.add_argument("key_id")
     rotate.add_argument("--grace-hours", type=float)
+    limit = ksub.add_parser("limit", help="set a key's rate limit, or --default to use the gateway's (operators)")
+    limit.add_argument("key_id")
+    tenant_limit = ksub.add_parser(
+        "tenant-limit", help="show a tenant's rate limit; with --rps/--burst or --default, set it (operators)"
+    )
+    tenant_limit.add_argument("tenant_id")
+    for command in (limit, tenant_limit):
+        command.add_argument("--rps", type=float, help="requests per second, sustained")
+        command.add_argument("--burst", type=int, help="requests accepted at once after a pause")
+        command.add_argument("--default", action="store_true", help="back to the gateway's default limit")
     keys.set_defaults(func=cmd_keys)
 
     from avgate.cli import bench, feed, ledger, outbox

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Database, free_port_block
-from tests.support import RunningStack, run_stack
+from tests.support import LIMITS_OUT_OF_REACH, RunningStack, run_stack
 
 
 @pytest.fixture(scope="module")
 def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     # One block: gateway, the four services, then five metrics ports.
-    with run_stack(database.admin_url, tmp_path_factory.mktemp("stack"), free_port_block(10)) as stack:
+    ports = free_port_block(10)
+    with run_stack(database.admin_url, tmp_path_factory.mktemp("stack"), ports, LIMITS_OUT_OF_REACH) as stack:
         yield stack

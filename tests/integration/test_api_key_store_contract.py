@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from avgate.kernel.db import create_engine_for
 from avgate.kernel.principal import Principal, RegulatorScope, Role
 from avgate.ledger.entry import LedgerEntry
-from gateway.domain import ApiKey, StoredApiKey, hash_secret, new_key_id
+from gateway.domain import ApiKey, RateLimit, StoredApiKey, TenantRateLimit, hash_secret, new_key_id
 from gateway.store import ApiKeyStore, InMemoryApiKeyStore, SqlApiKeyStore
 from tests.conftest import Database
 
@@ -307,6 +307,41 @@ async def queued_keys(store: ApiKeyStore, keys: list[str], admin_url: str) -> se
             (keys, keys),
         )
         return {r[0] for r in await cur.fetchall()}
+
+
+class TestRateLimits:
+    async def test_a_keys_limit_round_trips_and_clears(self, store: ApiKeyStore, tenant: str) -> None:
+        stored = provider_key(tenant, rate_limit=RateLimit(2.5, 7))
+        await store.add(stored, audit(stored))
+        assert await store.get(stored.key.key_id) == stored
+
+        await store.save_rate_limit(stored.key.key_id, RateLimit(10, 20), audit(stored))
+        fetched = await store.get(stored.key.key_id)
+        assert fetched is not None and fetched.key.rate_limit == RateLimit(10, 20)
+
+        await store.save_rate_limit(stored.key.key_id, None, audit(stored))
+        fetched = await store.get(stored.key.key_id)
+        assert fetched is not None and fetched.key.rate_limit is None
+
+    async def test_a_revoke_does_not_undo_a_limit_set_meanwhile(self, store: ApiKeyStore, tenant: str) -> None:
+        stored = provider_key(tenant)
+        await store.add(stored, audit(stored))
+        await store.save_rate_limit(stored.key.key_id, RateLimit(1, 1), audit(stored))
+        await store.save(stored.with_key(revoke_time=T0, revoke_reason="leaked"), audit(stored))  # read before
+        fetched = await store.get(stored.key.key_id)
+        assert fetched is not None and fetched.key.rate_limit == RateLimit(1, 1)
+
+    async def test_a_tenants_limit_is_set_replaced_and_removed(self, store: ApiKeyStore, tenant: str) -> None:
+        entry = LedgerEntry(action="tenant.test", subject_type="tenant", subject_id=tenant, actor=OPERATOR)
+        assert await store.get_tenant_rate_limit(tenant) is None
+        first = TenantRateLimit(tenant, RateLimit(50, 100), T0, "operator:ops-1")
+        await store.set_tenant_rate_limit(first, entry)
+        assert await store.get_tenant_rate_limit(tenant) == first
+        second = TenantRateLimit(tenant, RateLimit(0.5, 1), T0 + timedelta(hours=1), "operator:ops-2")
+        await store.set_tenant_rate_limit(second, entry)
+        assert await store.get_tenant_rate_limit(tenant) == second
+        await store.set_tenant_rate_limit(TenantRateLimit(tenant, None, T0, "operator:ops-1"), entry)
+        assert await store.get_tenant_rate_limit(tenant) is None
 
 
 class TestAuditTrail:

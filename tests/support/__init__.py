@@ -38,9 +38,10 @@ from tests.support.principals import (
 )
 from tests.support.serve import Served, serve
 from tests.support.sql import ServerLog, admin_sql, ledger_entries, stored_rows
-from tests.support.stack import RunningStack, run_stack
+from tests.support.stack import LIMITS_OUT_OF_REACH, RunningStack, run_stack
 
 __all__ = [
+    "LIMITS_OUT_OF_REACH",
     "FakeClock",
     "Metadata",
     "RunningStack",

@@ -24,6 +24,15 @@ from tests.conftest import REPO
 START_SECONDS = 90
 STOP_SECONDS = 40
 
+LIMITS_OUT_OF_REACH = {
+    "GATEWAY_KEY_REQUESTS_PER_SECOND": "1000000",
+    "GATEWAY_KEY_BURST": "1000000",
+    "GATEWAY_TENANT_REQUESTS_PER_SECOND": "1000000",
+    "GATEWAY_TENANT_BURST": "1000000",
+}
+"""The gateway's rate limits stay on (their cost is part of every figure) but no benchmark reaches them:
+one client with one key measures throughput, and the default limits would measure refusals."""
+
 
 @dataclass
 class RunningStack:
@@ -37,11 +46,15 @@ class RunningStack:
 
 
 @contextmanager
-def run_stack(database_url: str, state_dir: pathlib.Path, base_port: int) -> Iterator[RunningStack]:
+def run_stack(
+    database_url: str, state_dir: pathlib.Path, base_port: int, settings: dict[str, str] | None = None
+) -> Iterator[RunningStack]:
     """`avgate run` against `database_url`, on ten consecutive ports from `base_port`
-    (gateway, the four services, then five metrics ports); Ctrl-C'd afterwards."""
+    (gateway, the four services, then five metrics ports), with `settings` added to
+    the processes' environment; Ctrl-C'd afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     env["DATABASE_URL"] = database_url
+    env.update(settings or {})
     process = subprocess.Popen(
         [
             sys.executable,
