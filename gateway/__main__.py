@@ -8,6 +8,7 @@ import sys
 from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run
+from avgate.kernel.settings import Environment
 from gateway import wiring
 from gateway.auth import ApiKeyInterceptor
 from gateway.config import GatewaySettings
@@ -23,7 +24,11 @@ async def compose(settings: GatewaySettings) -> GrpcProcess:
     if not url:
         sys.exit("gateway: set GATEWAY_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
     engine = create_engine_for(url)
-    keys = ApiKeyService(SqlApiKeyStore(engine), cache_seconds=settings.key_cache_seconds)
+    keys = ApiKeyService(
+        SqlApiKeyStore(engine),
+        cache_seconds=settings.key_cache_seconds,
+        require_bound_regulator_keys=settings.env is Environment.PRODUCTION,
+    )
     await wiring.refuse_development_keys_in_production(settings, keys)
     signer = wiring.token_signer(settings)
     upstreams = wiring.connected_upstreams(settings)

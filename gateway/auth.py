@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.errors import FieldViolation, InvalidArgument, Unauthenticated
 from avgate.kernel.grpc.auth import OPEN_METHOD_PREFIXES, metadata_value
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import (
@@ -26,6 +26,7 @@ from avgate.kernel.principal import (
     normalise_client_address,
     unbind_principal,
 )
+from avgate.kernel.tls import fingerprint, peer_certificate
 from gateway.service import ApiKeyService
 
 END_USER_ADDRESS_KEY = "x-avgate-end-user-address"
@@ -48,6 +49,12 @@ def peer_address(peer: str) -> str | None:
     return None
 
 
+def presented_certificate(context: grpc.aio.ServicerContext) -> str | None:
+    """SHA-256 of the client certificate on this call's connection (the mTLS listener), or None."""
+    pem = peer_certificate(context)
+    return fingerprint(pem) if pem is not None else None
+
+
 class ApiKeyInterceptor(ScopedInterceptor):
     def __init__(self, keys: ApiKeyService):
         self._keys = keys
@@ -59,6 +66,8 @@ class ApiKeyInterceptor(ScopedInterceptor):
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         metadata = context.invocation_metadata()
         key = await self._keys.authenticate(presented_secret(metadata))
+        if key.client_certificate_sha256 is not None and not key.accepts_certificate(presented_certificate(context)):
+            raise Unauthenticated("this API key is bound to a client certificate: call the mTLS listener with it")
         request_id = accepted_request_id(metadata_value(metadata, "x-request-id")) or uuid.uuid4().hex
         client_address = None
         if key.role is Role.PROVIDER:

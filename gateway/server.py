@@ -32,6 +32,7 @@ def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
         revoke_time=convert.timestamp(key.revoke_time),
         created_by=key.created_by,
         last_used_time=convert.timestamp(key.last_used_time),
+        client_certificate_sha256=key.client_certificate_sha256 or "",
     )
 
 
@@ -50,6 +51,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             tenant_id=request.tenant_id,
             regulator_scope=convert.scope_from_proto(request.regulator_scope, request.HasField("regulator_scope")),
             ttl=convert.duration_from_proto(request.ttl, request.HasField("ttl"), "ttl"),
+            client_certificate_sha256=request.client_certificate_sha256,
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 

@@ -18,7 +18,15 @@ from avgate.kernel.errors import FieldChecker, FieldViolation, InvalidArgument, 
 from avgate.kernel.paging import check_page_size, decode_page_token, encode_page_token, page_limit
 from avgate.kernel.principal import DEPARTMENTS, REGION_CODE, TENANT_ID, Principal, RegulatorScope, Role
 from avgate.ledger.entry import LedgerEntry
-from gateway.domain import ApiKey, StoredApiKey, hash_secret, key_id_of, new_key_id, new_secret
+from gateway.domain import (
+    CERTIFICATE_SHA256,
+    ApiKey,
+    StoredApiKey,
+    hash_secret,
+    key_id_of,
+    new_key_id,
+    new_secret,
+)
 from gateway.store import ApiKeyStore
 
 MAX_TTL = timedelta(days=730)
@@ -57,8 +65,13 @@ class ApiKeyService:
         clock: Callable[[], datetime] = _now,
         cache_seconds: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        require_bound_regulator_keys: bool = False,
     ):
         self._store = store
+        # Production: a regulator key must be bound to a client certificate (read access to every tenant's
+        # incidents should not rest on a bearer secret alone).
+        self._require_bound_regulator_keys = require_bound_regulator_keys
         self._clock = clock
         # Elapsed time for the cache and last-use throttling: injected so tests step it, never sleep.
         self._monotonic = monotonic
@@ -79,8 +92,22 @@ class ApiKeyService:
         regulator_scope: RegulatorScope | None,
         ttl: timedelta | None,
         development: bool = False,
+        client_certificate_sha256: str = "",
     ) -> CreatedKey:
         check = FieldChecker()
+        # Accepts what `openssl x509 -fingerprint -sha256` prints (upper case, colons) as well.
+        certificate = client_certificate_sha256.strip().replace(":", "").lower() or None
+        if certificate is not None:
+            check.require(
+                bool(CERTIFICATE_SHA256.fullmatch(certificate)),
+                "client_certificate_sha256",
+                "must be the certificate's SHA-256: 64 hexadecimal digits",
+            )
+        elif role is Role.REGULATOR and self._require_bound_regulator_keys:
+            check.add(
+                "client_certificate_sha256",
+                "a regulator key must be bound to a client certificate in production (avgate keys create --bind-cert)",
+            )
         check.require(1 <= len(display_name.strip()) <= 200, "display_name", "must be 1 to 200 characters")
         if role is None:
             check.add("role", "must be set")
@@ -125,13 +152,12 @@ class ApiKeyService:
             created_by=f"{caller.role.value}:{caller.subject}",
             expire_time=now + ttl if ttl is not None else None,
             development=development,
+            client_certificate_sha256=certificate,
         )
-        audit = self._audit(
-            caller,
-            "api_key.create",
-            key,
-            data={"role": role.value, "development": development, "expire_time": _iso(key.expire_time)},
-        )
+        data: dict[str, object] = {"role": role.value, "development": development, "expire_time": _iso(key.expire_time)}
+        if certificate is not None:
+            data["client_certificate_sha256"] = certificate
+        audit = self._audit(caller, "api_key.create", key, data=data)
         await self._store.add(StoredApiKey(key=key, secret_hash=hash_secret(secret)), audit)
         return CreatedKey(key, secret)
 

@@ -172,6 +172,7 @@ def _to_row(stored: StoredApiKey) -> dict[str, Any]:
         "revoke_reason": key.revoke_reason,
         "last_used_time": key.last_used_time,
         "development": key.development,
+        "client_certificate_sha256": key.client_certificate_sha256,
     }
 
 
@@ -192,6 +193,7 @@ def _from_row(row: Any) -> StoredApiKey:
         revoke_reason=row["revoke_reason"],
         last_used_time=row["last_used_time"],
         development=row["development"],
+        client_certificate_sha256=row["client_certificate_sha256"],
     )
     return StoredApiKey(
         key=key,

@@ -1,0 +1,30 @@
+"""API keys bound to a client certificate: the certificate's SHA-256 on the key.
+
+Revision ID: 7c2e5d19a4b8
+Revises: 3f1c0a7e9b21
+Create Date: 2026-12-14
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "7c2e5d19a4b8"
+down_revision: str | Sequence[str] | None = "3f1c0a7e9b21"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("api_keys", sa.Column("client_certificate_sha256", sa.String(64)))
+    op.create_check_constraint(
+        "api_keys_certificate_sha256_hex",
+        "api_keys",
+        "client_certificate_sha256 ~ '^[0-9a-f]{64}$'",
+    )
+
+
+def downgrade() -> None:
+    op.drop_constraint("api_keys_certificate_sha256_hex", "api_keys", type_="check")
+    op.drop_column("api_keys", "client_certificate_sha256")
