@@ -14,14 +14,12 @@ from avgate.kernel.tls import is_generated
 class GatewaySettings(ProcessSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", populate_by_name=True)
     process_name: ClassVar[str] = "gateway"
+    health_port_offset: ClassVar[int] = 19  # 50070, before the services' 50071-50074
 
     grpc_port: int = 50051
     """The gateway's gRPC port, the one clients call."""
     metrics_port: int = 9460
     """The gateway's Prometheus metrics port (HTTP /metrics)."""
-    health_port: int | None = 50070
-    """A plaintext listener serving grpc.health.v1 alone, for probes that send no client certificate
-    (negative: none)."""
     tls_cert_file: pathlib.Path | None = None
     """The certificate (PEM, with its chain) the public listener presents: set with GATEWAY_TLS_KEY_FILE,
     clients reach the gateway over TLS. Unset: the public listener is plaintext (local only; production

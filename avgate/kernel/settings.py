@@ -51,6 +51,8 @@ class ProcessSettings(BaseSettings):
     # The short process name ("gateway", "identity", ...); also the issuer of
     # its principal tokens and the audience of tokens addressed to it.
     process_name: ClassVar[str] = "avgate"
+    # The health port's distance from the gRPC port when HEALTH_PORT is unset.
+    health_port_offset: ClassVar[int] = 10
 
     env: Environment = shared("AVGATE_ENV", Environment.LOCAL)  # type: ignore[assignment]
     """`local` or `production`; `production` refuses to start while any local stand-in is configured."""
@@ -98,8 +100,8 @@ class ProcessSettings(BaseSettings):
     """The Prometheus metrics port, HTTP at /metrics (0: any free port; negative: no metrics endpoint)."""
     health_port: int | None = None
     """A plaintext listener serving grpc.health.v1 alone, for probes that send no client certificate
-    (Kubernetes' gRPC probes). Unset: the gRPC port + 10 (the gateway: 50070), or any free port when the
-    gRPC port is 0; negative: none."""
+    (Kubernetes' gRPC probes). Unset: 50070 for the gateway, the gRPC port + 10 for a service (50071-50074,
+    the local stack's block), any free port when the gRPC port is 0; negative: none."""
     database_url: str | None = None
     """This process's PostgreSQL URL, as its own role. Unset: DATABASE_URL."""
 
@@ -107,7 +109,7 @@ class ProcessSettings(BaseSettings):
     def effective_health_port(self) -> int:
         if self.health_port is not None:
             return self.health_port
-        return self.grpc_port + 10 if self.grpc_port > 0 else 0
+        return self.grpc_port + self.health_port_offset if self.grpc_port > 0 else 0
 
     @property
     def effective_database_url(self) -> str | None:

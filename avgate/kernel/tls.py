@@ -235,10 +235,10 @@ class CertificateFiles:
     key_file: pathlib.Path
 
 
-def _name(common_name: str) -> x509.Name:
+def _name(common_name: str, organization: str) -> x509.Name:
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, GENERATED_ORGANIZATION),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
@@ -253,11 +253,14 @@ def _write(files: CertificateFiles, cert: x509.Certificate, key: ec.EllipticCurv
     files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def generate_ca(directory: pathlib.Path, name: str, *, days: int = 3650) -> CertificateFiles:
-    """A self-signed CA `<name>.pem` with its key `<name>.key` (0600) in `directory`."""
+def generate_ca(
+    directory: pathlib.Path, name: str, *, days: int = 3650, organization: str = GENERATED_ORGANIZATION
+) -> CertificateFiles:
+    """A self-signed CA `<name>.pem` with its key `<name>.key` (0600) in `directory`, marked as generated
+    unless another `organization` is given (tests that stand in for an operator's CA)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    subject = _name(f"avgate local {name}")
+    subject = _name(f"avgate local {name}", organization)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -288,6 +291,11 @@ def generate_ca(directory: pathlib.Path, name: str, *, days: int = 3650) -> Cert
     return files
 
 
+def _organization_of(cert: x509.Certificate) -> str:
+    values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(values[0].value) if values else GENERATED_ORGANIZATION
+
+
 def issue_certificate(
     ca: CertificateFiles,
     directory: pathlib.Path,
@@ -298,7 +306,8 @@ def issue_certificate(
     ip_addresses: Iterable[str] = (),
     days: int = 825,
 ) -> CertificateFiles:
-    """A certificate `<name>.pem` and key `<name>.key` signed by `ca`, for servers and clients alike."""
+    """A certificate `<name>.pem` and key `<name>.key` signed by `ca` (of the CA's organization), for servers
+    and clients alike."""
     ca_cert = x509.load_pem_x509_certificate(_read(ca.cert_file))
     ca_key = serialization.load_pem_private_key(_read(ca.key_file), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -308,7 +317,7 @@ def issue_certificate(
     alternatives += [x509.IPAddress(ipaddress.ip_address(i)) for i in ip_addresses]
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name))
+        .subject_name(_name(common_name, _organization_of(ca_cert)))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -17,14 +17,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("api_keys", sa.Column("client_certificate_sha256", sa.String(64)))
+    op.add_column("api_keys", sa.Column("client_certificate_sha256", sa.String(64)), schema="gateway")
     op.create_check_constraint(
         "api_keys_certificate_sha256_hex",
         "api_keys",
         "client_certificate_sha256 ~ '^[0-9a-f]{64}$'",
+        schema="gateway",
     )
 
 
 def downgrade() -> None:
-    op.drop_constraint("api_keys_certificate_sha256_hex", "api_keys", type_="check")
-    op.drop_column("api_keys", "client_certificate_sha256")
+    op.drop_constraint("api_keys_certificate_sha256_hex", "api_keys", type_="check", schema="gateway")
+    op.drop_column("api_keys", "client_certificate_sha256", schema="gateway")
