@@ -12,6 +12,7 @@ from avgate.kernel.db import create_engine_for
 from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.server import GrpcProcess
 from avgate.kernel.process import run
+from avgate.kernel.settings import Environment
 from gateway import wiring
 from gateway.addresses import ClientAddresses
 from gateway.auth import ApiKeyInterceptor
@@ -29,7 +30,11 @@ async def compose(settings: GatewaySettings, clock: Callable[[], float] = time.m
     if not url:
         sys.exit("gateway: set GATEWAY_DATABASE_URL or DATABASE_URL (`avgate run` sets them for the local stack)")
     engine = create_engine_for(url)
-    keys = ApiKeyService(SqlApiKeyStore(engine), cache_seconds=settings.key_cache_seconds)
+    keys = ApiKeyService(
+        SqlApiKeyStore(engine),
+        cache_seconds=settings.key_cache_seconds,
+        require_bound_regulator_keys=settings.env is Environment.PRODUCTION,
+    )
     await wiring.refuse_development_keys_in_production(settings, keys)
     signer = wiring.token_signer(settings)
     upstreams = wiring.connected_upstreams(settings)

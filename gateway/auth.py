@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from avgate.kernel.errors import FieldViolation, InvalidArgument
+from avgate.kernel.errors import FieldViolation, InvalidArgument, Unauthenticated
 from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.auth import OPEN_METHOD_PREFIXES, metadata_value
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
@@ -33,6 +33,7 @@ from avgate.kernel.principal import (
     normalise_client_address,
     unbind_principal,
 )
+from avgate.kernel.tls import fingerprint, peer_certificate
 from gateway.addresses import ANONYMOUS_SUBJECT, ClientAddresses, peer_address
 from gateway.service import ApiKeyService
 
@@ -44,6 +45,12 @@ def presented_secret(metadata: grpc.aio.Metadata | None) -> str | None:
     if auth and auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return metadata_value(metadata, "x-api-key")
+
+
+def presented_certificate(context: grpc.aio.ServicerContext) -> str | None:
+    """SHA-256 of the client certificate on this call's connection (the mTLS listener), or None."""
+    pem = peer_certificate(context)
+    return fingerprint(pem) if pem is not None else None
 
 
 class ApiKeyInterceptor(ScopedInterceptor):
@@ -72,6 +79,8 @@ class ApiKeyInterceptor(ScopedInterceptor):
                 yield
             return
         key = await self._keys.authenticate(secret)
+        if key.client_certificate_sha256 is not None and not key.accepts_certificate(presented_certificate(context)):
+            raise Unauthenticated("this API key is bound to a client certificate: call the mTLS listener with it")
         self._access.check_outside(method, key.role)
         client_address = None
         if key.role is Role.PROVIDER:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,6 +35,9 @@ class TenantRateLimit:
     updated_by: str = ""
 
 
+CERTIFICATE_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 @dataclass(frozen=True)
 class ApiKey:
     key_id: str
@@ -50,9 +54,17 @@ class ApiKey:
     development: bool = False
     rate_limit: RateLimit | None = None
     """An operator's limit on this key; None: the gateway's default per-key limit applies."""
+    # SHA-256 (hex) of the client certificate the key is bound to: only a connection presenting it may use it.
+    client_certificate_sha256: str | None = None
 
     def is_active(self, now: datetime) -> bool:
         return self.revoke_time is None and (self.expire_time is None or now < self.expire_time)
+
+    def accepts_certificate(self, presented_sha256: str | None) -> bool:
+        """Whether a connection presenting this certificate (None: none) may use the key."""
+        if self.client_certificate_sha256 is None:
+            return True
+        return presented_sha256 is not None and hmac.compare_digest(presented_sha256, self.client_certificate_sha256)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,11 @@ api_keys = Table(
     CheckConstraint(
         RATE_LIMIT_SHAPE.format(rps="rate_limit_rps", burst="rate_limit_burst"), name="api_keys_rate_limit"
     ),
+    # SHA-256 of the client certificate (DER, hex) the key is bound to; NULL: unbound.
+    Column("client_certificate_sha256", String(64)),
     CheckConstraint("role in ('provider', 'regulator', 'public', 'operator')", name="api_keys_role_known"),
     CheckConstraint("(role = 'provider') = (tenant_id is not null)", name="api_keys_tenant_iff_provider"),
+    CheckConstraint("client_certificate_sha256 ~ '^[0-9a-f]{64}$'", name="api_keys_certificate_sha256_hex"),
     Index("api_keys_tenant_created", "tenant_id", "create_time", "key_id"),
 )
 

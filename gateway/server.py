@@ -54,6 +54,7 @@ def api_key_to_proto(key: ApiKey) -> gateway_pb2.ApiKey:
         created_by=key.created_by,
         last_used_time=convert.timestamp(key.last_used_time),
         rate_limit=rate_limit_to_proto(key.rate_limit),
+        client_certificate_sha256=key.client_certificate_sha256 or "",
     )
 
 
@@ -77,6 +78,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             regulator_scope=convert.scope_from_proto(request.regulator_scope, request.HasField("regulator_scope")),
             ttl=convert.duration_from_proto(request.ttl, request.HasField("ttl"), "ttl"),
             rate_limit=rate_limit_from_proto(request.rate_limit, request.HasField("rate_limit")),
+            client_certificate_sha256=request.client_certificate_sha256,
         )
         return gateway_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(created.key), secret=created.secret)
 

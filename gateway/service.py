@@ -21,6 +21,7 @@ from avgate.kernel.paging import check_page_size, decode_page_token, encode_page
 from avgate.kernel.principal import DEPARTMENTS, REGION_CODE, TENANT_ID, Principal, RegulatorScope, Role
 from avgate.ledger.entry import LedgerEntry
 from gateway.domain import (
+    CERTIFICATE_SHA256,
     MAX_BURST,
     MAX_REQUESTS_PER_SECOND,
     ApiKey,
@@ -87,8 +88,13 @@ class ApiKeyService:
         clock: Callable[[], datetime] = _now,
         cache_seconds: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        *,
+        require_bound_regulator_keys: bool = False,
     ):
         self._store = store
+        # Production: a regulator key must be bound to a client certificate (read access to every tenant's
+        # incidents should not rest on a bearer secret alone).
+        self._require_bound_regulator_keys = require_bound_regulator_keys
         self._clock = clock
         # Elapsed time for the cache and last-use throttling: injected so tests step it, never sleep.
         self._monotonic = monotonic
@@ -111,8 +117,22 @@ class ApiKeyService:
         ttl: timedelta | None,
         development: bool = False,
         rate_limit: RateLimit | None = None,
+        client_certificate_sha256: str = "",
     ) -> CreatedKey:
         check = FieldChecker()
+        # Accepts what `openssl x509 -fingerprint -sha256` prints (upper case, colons) as well.
+        certificate = client_certificate_sha256.strip().replace(":", "").lower() or None
+        if certificate is not None:
+            check.require(
+                bool(CERTIFICATE_SHA256.fullmatch(certificate)),
+                "client_certificate_sha256",
+                "must be the certificate's SHA-256: 64 hexadecimal digits",
+            )
+        elif role is Role.REGULATOR and self._require_bound_regulator_keys:
+            check.add(
+                "client_certificate_sha256",
+                "a regulator key must be bound to a client certificate in production (avgate keys create --bind-cert)",
+            )
         check.require(1 <= len(display_name.strip()) <= 200, "display_name", "must be 1 to 200 characters")
         if role is None:
             check.add("role", "must be set")
@@ -161,10 +181,13 @@ class ApiKeyService:
             expire_time=now + ttl if ttl is not None else None,
             development=development,
             rate_limit=rate_limit,
+            client_certificate_sha256=certificate,
         )
         data: dict[str, object] = {"role": role.value, "development": development, "expire_time": _iso(key.expire_time)}
         if rate_limit is not None:
             data.update(_limit_data(rate_limit))
+        if certificate is not None:
+            data["client_certificate_sha256"] = certificate
         audit = self._audit(caller, "api_key.create", key, data=data)
         await self._store.add(StoredApiKey(key=key, secret_hash=hash_secret(secret)), audit)
         return CreatedKey(key, secret)

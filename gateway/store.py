@@ -241,6 +241,7 @@ def _to_row(stored: StoredApiKey) -> dict[str, Any]:
         "development": key.development,
         "rate_limit_rps": key.rate_limit.requests_per_second if key.rate_limit else None,
         "rate_limit_burst": key.rate_limit.burst if key.rate_limit else None,
+        "client_certificate_sha256": key.client_certificate_sha256,
     }
 
 
@@ -262,6 +263,7 @@ def _from_row(row: Any) -> StoredApiKey:
         last_used_time=row["last_used_time"],
         development=row["development"],
         rate_limit=RateLimit(row["rate_limit_rps"], row["rate_limit_burst"]) if row["rate_limit_rps"] else None,
+        client_certificate_sha256=row["client_certificate_sha256"],
     )
     return StoredApiKey(
         key=key,

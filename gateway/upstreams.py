@@ -10,6 +10,8 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from avgate.kernel.tls import process_identity, secure_or_plain
+
 HEALTH_TIMEOUT_SECONDS = 1.0
 
 CHANNEL_OPTIONS = [
@@ -34,6 +36,8 @@ class Upstream:
     max_message_bytes: int
     descriptors: list[ServiceDescriptor] = field(default_factory=list)
     channel: grpc.aio.Channel | None = None
+    # The gateway's mTLS credentials inside (avgate.kernel.tls); None: plaintext.
+    credentials: grpc.ChannelCredentials | None = None
 
     @property
     def service_names(self) -> list[str]:
@@ -43,9 +47,12 @@ class Upstream:
         return [(s, m) for s in self.descriptors for m in s.methods]
 
     def connect(self) -> None:
-        """Creates the channel; call inside the running event loop."""
-        self.channel = grpc.aio.insecure_channel(
+        """Creates the channel; call inside the running event loop. Over mTLS the upstream's certificate
+        must name avgate-<name>, whatever address the target is."""
+        self.channel = secure_or_plain(
             self.target,
+            self.credentials,
+            server_name=process_identity(self.name),
             options=[
                 *CHANNEL_OPTIONS,
                 ("grpc.max_receive_message_length", self.max_message_bytes),
@@ -68,5 +75,10 @@ class Upstream:
         return response.status, ""
 
 
-def build_upstreams(targets: dict[str, str], max_message_bytes: int) -> list[Upstream]:
-    return [Upstream(name, target, max_message_bytes, service_descriptors(name)) for name, target in targets.items()]
+def build_upstreams(
+    targets: dict[str, str], max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None
+) -> list[Upstream]:
+    return [
+        Upstream(name, target, max_message_bytes, service_descriptors(name), credentials=credentials)
+        for name, target in targets.items()
+    ]

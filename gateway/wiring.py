@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from avgate.kernel.grpc.server import ServerOptions
+from avgate.kernel.grpc.server import Listener, ServerOptions
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TokenSigner
 from avgate.kernel.process import server_options
 from avgate.kernel.resilience import RetryBudget
 from avgate.kernel.settings import Environment, ProductionProfileError
+from avgate.kernel.tls import channel_credentials, tls_server_credentials
 from gateway.addresses import ClientAddresses
 from gateway.config import GatewaySettings
 from gateway.domain import RateLimit
@@ -20,6 +21,8 @@ from gateway.guards import Guards, MethodLimitDefaults
 from gateway.limits import LimitDefaults, RateLimiter, RateLimitInterceptor
 from gateway.service import ApiKeyService
 from gateway.upstreams import Upstream, build_upstreams
+
+MTLS_LISTENER = "mtls"
 
 
 async def refuse_development_keys_in_production(settings: GatewaySettings, keys: ApiKeyService) -> None:
@@ -43,16 +46,36 @@ def token_signer(settings: GatewaySettings) -> TokenSigner:
 
 def connected_upstreams(settings: GatewaySettings) -> list[Upstream]:
     """One channel per service process, opened now (inside the running loop)."""
-    upstreams = build_upstreams(settings.upstream_targets(), settings.max_message_bytes)
+    upstreams = build_upstreams(settings.upstream_targets(), settings.max_message_bytes, channel_credentials(settings))
     for upstream in upstreams:
         upstream.connect()
     return upstreams
 
 
 def gateway_server_options(settings: GatewaySettings, upstreams: list[Upstream]) -> ServerOptions:
-    """The process's server options; reflection also lists the services behind the gateway."""
+    """The process's server options; reflection also lists the services behind the gateway.
+
+    The public listener is TLS with GATEWAY_TLS_CERT_FILE, plaintext without (never the internal mTLS:
+    outside callers hold no internal certificate). With GATEWAY_CLIENT_CA_FILE, a second listener
+    (GATEWAY_MTLS_PORT) requires a client certificate that CA signed.
+    """
     options = server_options(settings)
     options.extra_reflection_names = [name for u in upstreams for name in u.service_names]
+    options.credentials = None
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ValueError("set GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE together")
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        options.credentials = tls_server_credentials(settings.tls_cert_file, settings.tls_key_file)
+    if settings.client_ca_file is not None:
+        cert = settings.tls_cert_file or settings.internal_tls_cert_file
+        key = settings.tls_key_file or settings.internal_tls_key_file
+        if cert is None or key is None:
+            raise ValueError(
+                "GATEWAY_CLIENT_CA_FILE needs a certificate to present: GATEWAY_TLS_CERT_FILE or AVGATE_TLS_CERT_FILE"
+            )
+        options.listeners = [
+            Listener(MTLS_LISTENER, settings.mtls_port, tls_server_credentials(cert, key, settings.client_ca_file))
+        ]
     return options
 
 

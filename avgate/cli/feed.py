@@ -36,7 +36,7 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
-from avgate.cli.common import print_rpc_error
+from avgate.cli.common import add_gateway_tls_arguments, gateway_channel, print_rpc_error
 from avgate.cli.feed_filter import incident_filter
 from avgate.ledger.checkpoint import NoteError, NoteVerifier, open_checkpoint
 from avgate.ledger.remote import check_extends
@@ -196,7 +196,7 @@ async def _follow(args: argparse.Namespace, out: TextIO) -> int:
     backoff = 1.0
     while True:
         try:
-            async with grpc.aio.insecure_channel(args.target) as channel:
+            async with gateway_channel(args) as channel:
                 if await follower.follow_once(channel):
                     return 0
             backoff = 1.0  # the server ended the stream (a restart): resume at once
@@ -236,6 +236,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     follow = fsub.add_parser("follow", help="follow the feed, one JSON line per item, resumable and verified")
     follow.add_argument("--target", default=os.environ.get("AVGATE_GATEWAY", "127.0.0.1:50051"))
     follow.add_argument("--api-key", help="a regulator's or operator's key (default AVGATE_API_KEY)")
+    add_gateway_tls_arguments(follow)
     follow.add_argument("--state-file", help="where the cursor and last verified head are kept (resume from it)")
     follow.add_argument("--cursor", help="start after this cursor (instead of a state file)")
     follow.add_argument("--out", help="append the JSON lines to this file (default: stdout)")

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from avgate.cli.common import print_json, print_rpc_error
+from avgate.cli.common import add_gateway_tls_arguments, gateway_channel, print_json, print_rpc_error
 from avgate.cli.feed_filter import incident_filter
 from avgate.ledger.checkpoint import NoteError, NoteVerifier, open_checkpoint
 from avgate.ledger.merkle import ProofError, leaf_hash, verify_inclusion
@@ -154,7 +154,7 @@ async def _export(args: argparse.Namespace) -> int:
 
     metadata = (("authorization", f"Bearer {args.api_key}"),)
     out = pathlib.Path(args.out)
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with gateway_channel(args) as channel:
         feed = reporting_pb2_grpc.RegulatorFeedServiceStub(channel)
         ledger = reporting_pb2_grpc.AuditLedgerServiceStub(channel)
         created = await feed.CreateExport(_request(args), metadata=metadata, timeout=30)
@@ -232,6 +232,7 @@ def add_parsers(fsub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     export = fsub.add_parser("export", help="fetch a signed export bundle and verify it")
     export.add_argument("--target", default=os.environ.get("AVGATE_GATEWAY", "127.0.0.1:50051"))
     export.add_argument("--api-key", help="a regulator's or operator's key (default AVGATE_API_KEY)")
+    add_gateway_tls_arguments(export)
     export.add_argument("--since", required=True, help="incidents created at or after this ISO 8601 time")
     export.add_argument("--until", required=True, help="incidents created before this ISO 8601 time")
     export.add_argument("--category", action="append", default=[])

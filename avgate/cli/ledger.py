@@ -27,7 +27,7 @@ import grpc
 import psycopg
 from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
 
-from avgate.cli.common import print_json, print_rpc_error
+from avgate.cli.common import add_gateway_tls_arguments, gateway_channel, print_json, print_rpc_error
 from avgate.kernel.keyring import create_secret_file
 from avgate.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_checkpoint, parse_unverified
 from avgate.ledger.merkle import ProofError, verify_consistency, verify_inclusion
@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace, body: Callable[[Any, argparse.Namespace], Awa
         raise SystemExit("set --api-key or AVGATE_API_KEY (a key of any role)")
 
     async def call() -> int:
-        async with grpc.aio.insecure_channel(args.target) as channel:
+        async with gateway_channel(args) as channel:
             stub = _Stub(reporting_pb2_grpc.AuditLedgerServiceStub(channel), key)
             return await body(stub, args)
 
@@ -354,6 +354,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     ledger.set_defaults(func=lambda args: ledger.print_help() or 2)
     ledger.add_argument("--target", default=os.environ.get("AVGATE_GATEWAY", "127.0.0.1:50051"))
     ledger.add_argument("--api-key", help="caller's key, any role (default AVGATE_API_KEY)")
+    add_gateway_tls_arguments(ledger)
     lsub = ledger.add_subparsers(dest="ledger_command")
 
     def vkey_option(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -361,6 +362,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         # --target and --api-key are also accepted after the subcommand
         p.add_argument("--target", default=argparse.SUPPRESS, help="the gateway (default AVGATE_GATEWAY)")
         p.add_argument("--api-key", default=argparse.SUPPRESS, help="caller's key (default AVGATE_API_KEY)")
+        add_gateway_tls_arguments(p, repeated=True)
 
     trust = "trust only this note verifier key (<name>+<hash>+<key>; repeatable); default: the log's published keys"
 

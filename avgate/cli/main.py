@@ -20,7 +20,7 @@ import grpc
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2  # noqa: F401 - registers detail types for printing
 
-from avgate.cli.common import print_json, print_rpc_error
+from avgate.cli.common import add_gateway_tls_arguments, gateway_channel, print_json, print_rpc_error
 from avgate.kernel import migrations
 from avgate.kernel.db import SCHEMA_OWNERS, bootstrap_database, role_url
 from avgate.kernel.principal import DEPARTMENTS, RegulatorScope, Role
@@ -82,12 +82,13 @@ def _rate_limit(args: argparse.Namespace, gateway_pb2: Any) -> Any:
 async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
     from avgate.gateway.v1 import gateway_pb2, gateway_pb2_grpc
     from avgate.kernel.convert import role_to_proto, scope_to_proto
+    from avgate.kernel.tls import fingerprint_of_file
 
     key = args.api_key or os.environ.get("AVGATE_API_KEY")
     if not key:
         raise SystemExit("set --api-key or AVGATE_API_KEY (an operator or provider key)")
     metadata = (("authorization", f"Bearer {key}"),)
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with gateway_channel(args) as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         if args.keys_command == "create":
             scope = None
@@ -100,6 +101,8 @@ async def _call_gateway(args: argparse.Namespace) -> dict[str, object]:
                 regulator_scope=scope_to_proto(scope),
                 rate_limit=_rate_limit(args, gateway_pb2),
             )
+            if args.bind_cert:
+                request.client_certificate_sha256 = fingerprint_of_file(args.bind_cert)
             if args.ttl_days:
                 request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(args.ttl_days * 86400)))
             reply = await stub.CreateApiKey(request, metadata=metadata, timeout=10)
@@ -161,7 +164,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             gateway_port=args.gateway_port,
             service_port_base=args.service_port_base,
             metrics_port_base=args.metrics_port_base,
+            health_port_base=args.health_port_base,
+            gateway_mtls_port=args.gateway_mtls_port,
             verifier_standin_port=args.verifier_standin_port,
+            internal_tls=not args.plaintext_inside,
         )
     )
 
@@ -177,6 +183,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--service-port-base", type=int, default=50061, help="identity, screening, reporting, complaints")
     run.add_argument("--metrics-port-base", type=int, default=9460)
     run.add_argument(
+        "--health-port-base", type=int, default=50070, help="plaintext health only, per process (gateway first)"
+    )
+    run.add_argument(
+        "--gateway-mtls-port", type=int, default=50052, help="the gateway's listener requiring client certificates"
+    )
+    run.add_argument(
+        "--plaintext-inside", action="store_true", help="no mTLS between the processes (default: a generated CA)"
+    )
+    run.add_argument(
         "--verifier-standin-port", type=int, default=0, help="the identity verification stand-in (0: any free port)"
     )
     run.set_defaults(func=cmd_run)
@@ -190,6 +205,7 @@ def parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys, through the gateway")
     keys.add_argument("--target", default=os.environ.get("AVGATE_GATEWAY", "127.0.0.1:50051"))
     keys.add_argument("--api-key", help="caller's key (default AVGATE_API_KEY)")
+    add_gateway_tls_arguments(keys)
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create")
     create.add_argument("--name", required=True)
@@ -200,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl-days", type=float)
     create.add_argument("--rps", type=float, help="the key's own rate limit, requests/s (operators; with --burst)")
     create.add_argument("--burst", type=int, help="the key's own burst (operators; with --rps)")
+    create.add_argument(
+        "--bind-cert",
+        metavar="FILE",
+        help="bind the key to this client certificate (PEM): accepted only on the mTLS listener with it",
+    )
     lst = ksub.add_parser("list")
     lst.add_argument("--tenant")
     lst.add_argument("--include-revoked", action="store_true")

@@ -2,7 +2,10 @@
 
 Starts an embedded PostgreSQL (unless DATABASE_URL names a server), creates
 the roles and schemas, migrates every schema, generates local signing keys,
-ensures one development API key per role, starts the gateway and the four
+generates a local CA with a certificate per process under `<state dir>/tls/`,
+so every call between processes runs over mTLS as in production (the
+production profile refuses these generated certificates), ensures one
+development API key per role, starts the gateway and the four
 services as separate processes, prints the endpoints and the keys, and stops
 everything cleanly on Ctrl-C or SIGTERM. A service that exits is reported
 and left stopped (the gateway's health then shows it NOT_SERVING).
@@ -37,6 +40,7 @@ from avgate.kernel.errors import Unauthenticated
 from avgate.kernel.keyring import replace_secret_file
 from avgate.kernel.keys import generate_key_pair
 from avgate.kernel.principal import Principal, RegulatorScope, Role
+from avgate.kernel.tls import CertificateFiles, generate_ca, issue_certificate, issue_process_certificate
 from gateway.service import ApiKeyService
 from gateway.store import SqlApiKeyStore
 
@@ -54,6 +58,37 @@ HANDS_INCIDENTS_TO_REPORTING = ("identity", "screening", "complaints")
 VERIFIER_STANDIN_MODULE = "services.identity.verifier_standin"
 LOCAL_DATABASE = "avgate"
 DEV_TENANT = "dev-tenant"
+LOCAL_CLIENT = "avgate-local-client"
+
+
+@dataclass(frozen=True)
+class LocalPki:
+    """What `avgate run` generates under `<state dir>/tls/`: the internal CA and each process's certificate
+    (mTLS inside), and a CA for outside clients with one client certificate (the gateway's mTLS listener)."""
+
+    ca: CertificateFiles
+    processes: dict[str, CertificateFiles]
+    client_ca: CertificateFiles
+    client: CertificateFiles
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "ca": str(self.ca.cert_file),
+            "processes": {
+                name: {"cert": str(f.cert_file), "key": str(f.key_file)} for name, f in self.processes.items()
+            },
+            "client_ca": str(self.client_ca.cert_file),
+            "client": {"cert": str(self.client.cert_file), "key": str(self.client.key_file)},
+        }
+
+
+def generate_local_pki(directory: pathlib.Path) -> LocalPki:
+    """A fresh local PKI on every start: nothing generated outlives the stack that trusted it."""
+    ca = generate_ca(directory, "ca")
+    processes = {name: issue_process_certificate(ca, directory, name) for name in PROCESSES}
+    client_ca = generate_ca(directory, "client-ca")
+    client = issue_certificate(client_ca, directory, "client", common_name=LOCAL_CLIENT)
+    return LocalPki(ca, processes, client_ca, client)
 
 
 @dataclass
@@ -63,10 +98,16 @@ class StackConfig:
     gateway_port: int = 50051
     service_port_base: int = 50061
     metrics_port_base: int = 9460
+    # Plaintext grpc.health.v1 alone, per process in PROCESSES order (gateway 50070, identity 50071, ...).
+    health_port_base: int = 50070
+    # The gateway's listener that requires client certificates (the local client CA's).
+    gateway_mtls_port: int = 50052
     # The identity verification service's stand-in (HTTP); identity's IDENTITY_VERIFIER_URL points at it.
     # 0: a free port, chosen when the stack starts.
     verifier_standin_port: int = 0
     ready_timeout_seconds: float = 60.0
+    # mTLS between the processes on a generated local CA (the production shape); False: plaintext inside.
+    internal_tls: bool = True
 
     def port_of(self, name: str) -> int:
         if name == "gateway":
@@ -76,6 +117,9 @@ class StackConfig:
     def metrics_port_of(self, name: str) -> int:
         return self.metrics_port_base + list(PROCESSES).index(name)
 
+    def health_port_of(self, name: str) -> int:
+        return self.health_port_base + list(PROCESSES).index(name)
+
 
 @dataclass
 class LocalStack:
@@ -83,6 +127,7 @@ class LocalStack:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stand_ins: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     admin_url: str = ""
+    pki: LocalPki | None = None
     _embedded: object = None
 
     def prepare_database(self) -> dict[str, str]:
@@ -156,6 +201,11 @@ class LocalStack:
         env[f"{prefix}_GRPC_HOST"] = self.config.host
         env[f"{prefix}_GRPC_PORT"] = str(self.config.port_of(name))
         env[f"{prefix}_METRICS_PORT"] = str(self.config.metrics_port_of(name))
+        env[f"{prefix}_HEALTH_PORT"] = str(self.config.health_port_of(name))
+        if self.pki is not None:
+            env["AVGATE_TLS_CA_FILE"] = str(self.pki.ca.cert_file)
+            env["AVGATE_TLS_CERT_FILE"] = str(self.pki.processes[name].cert_file)
+            env["AVGATE_TLS_KEY_FILE"] = str(self.pki.processes[name].key_file)
         env[f"{prefix}_DATABASE_URL"] = urls[name]
         if name == "reporting":
             env["REPORTING_SEQUENCER_DATABASE_URL"] = os.environ.get(
@@ -166,6 +216,9 @@ class LocalStack:
         if name in HANDS_INCIDENTS_TO_REPORTING:
             env[f"{prefix}_REPORTING_TARGET"] = f"{self.config.host}:{self.config.port_of('reporting')}"
         if name == "gateway":
+            if self.pki is not None:
+                env["GATEWAY_CLIENT_CA_FILE"] = str(self.pki.client_ca.cert_file)
+                env["GATEWAY_MTLS_PORT"] = str(self.config.gateway_mtls_port)
             for service in SERVICES:
                 env[f"GATEWAY_{service.upper()}_TARGET"] = f"{self.config.host}:{self.config.port_of(service)}"
         return env
@@ -204,7 +257,9 @@ class LocalStack:
 
     def wait_ready(self) -> None:
         async def poll() -> None:
-            target = f"{self.config.host}:{self.config.gateway_port}"
+            # The gateway's plaintext health listener answers for each upstream, whatever TLS the public
+            # listener has.
+            target = f"{self.config.host}:{self.config.health_port_of('gateway')}"
             deadline = time.monotonic() + self.config.ready_timeout_seconds
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
@@ -246,14 +301,17 @@ class LocalStack:
     def describe(self, keys: dict[str, str]) -> dict[str, object]:
         return {
             "gateway": f"{self.config.host}:{self.config.gateway_port}",
+            "gateway_mtls": f"{self.config.host}:{self.config.gateway_mtls_port}" if self.pki else None,
             "processes": {
                 name: {
                     "pid": child.pid,
                     "grpc": f"{self.config.host}:{self.config.port_of(name)}",
+                    "health": f"{self.config.host}:{self.config.health_port_of(name)}",
                     "metrics": f"http://{self.config.host}:{self.config.metrics_port_of(name)}/metrics",
                 }
                 for name, child in self.children.items()
             },
+            "tls": self.pki.describe() if self.pki else None,
             "stand_ins": {
                 name: {"pid": child.pid, "url": self.verifier_standin_url} for name, child in self.stand_ins.items()
             },
@@ -278,6 +336,8 @@ def run_stack(config: StackConfig) -> int:
         keys_dir = config.state_dir / "keys"
         for name in PROCESSES:
             generate_key_pair(keys_dir, name)
+        if config.internal_tls:
+            stack.pki = generate_local_pki(config.state_dir / "tls")
         keys = stack.development_keys(urls["gateway"])
         stack.start_processes(urls)
         stack.wait_ready()
@@ -305,7 +365,16 @@ def print_banner(description: dict[str, object]) -> None:
     assert isinstance(processes, dict)
     lines = ["avgate local stack is serving (Ctrl-C stops it)", ""]
     for name, info in processes.items():
-        lines.append(f"  {name:<11} grpc {info['grpc']:<18} metrics {info['metrics']}")
+        lines.append(f"  {name:<11} grpc {info['grpc']:<18} health {info['health']:<18} metrics {info['metrics']}")
+    tls = description.get("tls")
+    if isinstance(tls, dict):
+        client = tls["client"]
+        lines += [
+            "",
+            f"inside: mTLS on the generated CA {tls['ca']} (health ports: plaintext, health only)",
+            f"client certificates: {description['gateway_mtls']} "
+            f"(--tls-ca {tls['ca']} --client-cert {client['cert']} --client-key {client['key']})",
+        ]
     lines += ["", "development API keys (local profile only; send as 'authorization: Bearer <key>'):"]
     keys = description["development_api_keys"]
     assert isinstance(keys, dict)

@@ -16,6 +16,7 @@ from avgate.kernel.logging import configure_logging
 from avgate.kernel.principal import TokenVerifier
 from avgate.kernel.settings import ProcessSettings, ProductionProfileError
 from avgate.kernel.telemetry import configure_tracing
+from avgate.kernel.tls import PeerProcessInterceptor, internal_tls_enabled, server_credentials
 
 S = TypeVar("S", bound=ProcessSettings)
 
@@ -29,6 +30,8 @@ def server_options(settings: ProcessSettings) -> ServerOptions:
         max_message_bytes=settings.max_message_bytes,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         drain_delay_seconds=settings.drain_delay_seconds,
+        credentials=server_credentials(settings),
+        health_port=settings.effective_health_port,
     )
 
 
@@ -39,12 +42,14 @@ def token_verifier(settings: ProcessSettings) -> TokenVerifier:
 def service_process(
     settings: ProcessSettings, registrations: list[ServiceRegistration], **kwargs: object
 ) -> GrpcProcess:
-    """A service's server: every non-health call needs a principal token for this service."""
+    """A service's server: every non-health call needs a principal token for this service; over mTLS,
+    every call needs a peer certificate naming an avgate process."""
     return GrpcProcess(
         name=settings.process_name,
         registrations=registrations,
         options=server_options(settings),
         auth_interceptor=PrincipalInterceptor(token_verifier(settings), AccessTable.from_contracts()),
+        peer_interceptor=PeerProcessInterceptor() if internal_tls_enabled(settings) else None,
         **kwargs,  # type: ignore[arg-type]
     )
 

@@ -58,6 +58,7 @@ from avgate.kernel.outbox import (
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, TokenSigner
 from avgate.kernel.settings import ProcessSettings
 from avgate.kernel.telemetry import outgoing_trace_metadata
+from avgate.kernel.tls import channel_credentials, process_identity, secure_or_plain
 from avgate.reporting.v1 import reporting_pb2
 
 log = logging.getLogger(__name__)
@@ -224,19 +225,30 @@ class ReportingDelivery:
     One channel for the dispatcher's lifetime, created on first use inside the
     running loop (an aio channel is bound to the loop it was made in) and
     closed by `close`. Tokens are signed per attempt, so a retry hours later
-    still carries a fresh one.
+    still carries a fresh one. With `credentials` (this process's mTLS inside),
+    reporting must present a certificate naming avgate-reporting.
     """
 
-    def __init__(self, target: str, signer: TokenSigner, *, timeout: float = 10.0):
+    def __init__(
+        self,
+        target: str,
+        signer: TokenSigner,
+        *,
+        timeout: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self._target = target
         self._signer = signer
         self._timeout = timeout
+        self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._create: grpc.aio.UnaryUnaryMultiCallable | None = None
 
     def _call(self) -> grpc.aio.UnaryUnaryMultiCallable:
         if self._create is None:
-            self._channel = grpc.aio.insecure_channel(self._target, options=CHANNEL_OPTIONS)
+            self._channel = secure_or_plain(
+                self._target, self._credentials, server_name=process_identity(REPORTING), options=CHANNEL_OPTIONS
+            )
             # The request travels as the bytes queued with the change: no parse, no re-serialisation.
             self._create = self._channel.unary_unary(
                 CREATE_INCIDENT,
@@ -309,7 +321,10 @@ def incident_handoff(
             f"{schema} schema), or {prefix}DISPATCHER_ENABLED=false"
         )
     delivery = ReportingDelivery(
-        settings.reporting_target, service_signer(settings), timeout=settings.reporting_timeout_seconds
+        settings.reporting_target,
+        service_signer(settings),
+        timeout=settings.reporting_timeout_seconds,
+        credentials=channel_credentials(settings),
     )
     dispatcher = Dispatcher(
         libpq_url(url),

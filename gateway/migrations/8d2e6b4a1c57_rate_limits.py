@@ -2,7 +2,7 @@
 
 Revision ID: 8d2e6b4a1c57
 Revises: 3f1c0a7e9b21
-Create Date: 2026-12-04
+Create Date: 2026-12-03
 """
 
 from collections.abc import Sequence

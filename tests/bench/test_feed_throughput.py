@@ -41,6 +41,7 @@ from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.feed.cursor import FeedCursor
 from tests.conftest import Database
 from tests.support import RunningStack
+from tests.support.stack import aio_service_channel
 
 pytestmark = pytest.mark.bench
 
@@ -116,8 +117,10 @@ def _count(item: reporting_pb2.FeedItem, ids: set[tuple[int, int]]) -> tuple[int
     return 0, int(item.HasField("tree_head"))
 
 
-async def _follow(target: str, metadata: tuple[tuple[str, str], ...], tenant: str) -> Reading:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _follow(
+    open_channel: Callable[[], grpc.aio.Channel], metadata: tuple[tuple[str, str], ...], tenant: str
+) -> Reading:
+    async with open_channel() as channel:
         stub = reporting_pb2_grpc.RegulatorFeedServiceStub(channel)
         ids: set[tuple[int, int]] = set()
         incidents = heads = 0
@@ -134,8 +137,12 @@ async def _follow(target: str, metadata: tuple[tuple[str, str], ...], tenant: st
     return Reading(incidents, len(ids), heads, elapsed)
 
 
-async def _list(target: str, metadata_for: Callable[[], tuple[tuple[str, str], ...]], tenant: str) -> Reading:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def _list(
+    open_channel: Callable[[], grpc.aio.Channel],
+    metadata_for: Callable[[], tuple[tuple[str, str], ...]],
+    tenant: str,
+) -> Reading:
+    async with open_channel() as channel:
         stub = reporting_pb2_grpc.RegulatorFeedServiceStub(channel)
         ids: set[tuple[int, int]] = set()
         incidents = heads = 0
@@ -159,7 +166,13 @@ async def _list(target: str, metadata_for: Callable[[], tuple[tuple[str, str], .
 
 def test_feed_throughput_to_one_client(running: RunningStack, database: Database) -> None:
     tenant = _seed(running, database)
-    reporting = running.description["processes"]["reporting"]["grpc"]
+
+    def reporting() -> grpc.aio.Channel:  # directly, over the stack's mTLS as the gateway would
+        return aio_service_channel(running, "reporting")
+
+    def gateway() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(running.gateway)
+
     signer = TokenSigner(SigningKey("gateway", load_private_key(running.state_dir / "keys" / "gateway.key")))
     regulator = Principal(
         role=Role.REGULATOR,
@@ -176,7 +189,7 @@ def test_feed_throughput_to_one_client(running: RunningStack, database: Database
     async def measure() -> dict[str, Reading]:
         await _follow(reporting, direct("Follow"), tenant)  # warm-up: caches, page cache
         return {
-            "Follow through the gateway (reference client)": await _follow(running.gateway, via_gateway, tenant),
+            "Follow through the gateway (reference client)": await _follow(gateway, via_gateway, tenant),
             "Follow directly from reporting": await _follow(reporting, direct("Follow"), tenant),
             "ListFeed pages of 500, directly": await _list(reporting, lambda: direct("ListFeed"), tenant),
         }

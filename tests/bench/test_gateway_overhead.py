@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -25,6 +26,7 @@ from avgate.identity.v1 import identity_pb2, identity_pb2_grpc
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
 from tests.support import RunningStack
+from tests.support.stack import aio_service_channel
 
 pytestmark = pytest.mark.bench
 
@@ -33,9 +35,9 @@ CONCURRENCY = 16
 METHOD = "/avgate.identity.v1.IdentityService/CheckEligibility"
 
 
-async def _load(target: str, metadata_for_call: object) -> tuple[float, list[float]]:
+async def _load(open_channel: Callable[[], grpc.aio.Channel], metadata_for_call: object) -> tuple[float, list[float]]:
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel() as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         request = identity_pb2.CheckEligibilityRequest()
         remaining = CALLS
@@ -65,7 +67,13 @@ def _pct(sorted_values: list[float], q: float) -> float:
 async def test_gateway_pass_through_overhead(running: RunningStack) -> None:
     signer = TokenSigner(SigningKey("gateway", load_private_key(running.state_dir / "keys" / "gateway.key")))
     principal = Principal(role=Role.PROVIDER, subject="bench", tenant_id="dev-tenant", request_id="bench")
-    identity = running.description["processes"]["identity"]["grpc"]
+
+    def identity() -> grpc.aio.Channel:  # directly, over the stack's mTLS as the gateway would
+        return aio_service_channel(running, "identity")
+
+    def gateway() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(running.gateway)
+
     key = running.description["development_api_keys"]["provider"]
 
     def direct_metadata() -> tuple[tuple[str, str], ...]:
@@ -75,9 +83,9 @@ async def test_gateway_pass_through_overhead(running: RunningStack) -> None:
         return (("authorization", f"Bearer {key}"),)
 
     await _load(identity, direct_metadata)  # warm-up both paths
-    await _load(running.gateway, gateway_metadata)
+    await _load(gateway, gateway_metadata)
     direct_rate, direct_lat = await _load(identity, direct_metadata)
-    gateway_rate, gateway_lat = await _load(running.gateway, gateway_metadata)
+    gateway_rate, gateway_lat = await _load(gateway, gateway_metadata)
     print(
         f"\nunary call, {CALLS} calls, {CONCURRENCY} in flight\n"
         f"  direct to identity : {direct_rate:8.0f} calls/s  p50 {_pct(direct_lat, 0.5):6.2f} ms"

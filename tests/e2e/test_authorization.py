@@ -26,6 +26,7 @@ from avgate.kernel.grpc.access import API_PACKAGES, AccessTable
 from avgate.kernel.keys import SigningKey, load_private_key
 from avgate.kernel.principal import TOKEN_METADATA_KEY, Principal, Role, TokenSigner
 from tests.support import RunningStack
+from tests.support.stack import service_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -177,8 +178,8 @@ class TestServiceTokens:
         return signer.sign_as_service(origin, audience=audience, method=method)
 
     def call_identity(self, stack: RunningStack, method: str, token: str) -> grpc.StatusCode:
-        target = stack.description["processes"]["identity"]["grpc"]
-        with grpc.insecure_channel(target) as channel:
+        # Over the stack's mTLS, as a process of the stack would call (the gateway's certificate).
+        with service_channel(stack, "identity") as channel:
             try:
                 channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())(
                     empty_pb2.Empty(), metadata=[(TOKEN_METADATA_KEY, token)], timeout=10

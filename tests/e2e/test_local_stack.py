@@ -23,7 +23,7 @@ from avgate.kernel.reporting_handoff import report_incident
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from tests.conftest import REPO, Database
 from tests.support import RunningStack
-from tests.support.stack import SERVICES, health
+from tests.support.stack import SERVICES, health, health_on, service_channel
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +80,12 @@ class TestLocalStack:
 
         health(running.gateway, SERVICES["identity"])
         for name, info in running.description["processes"].items():
-            health(info["grpc"], "")  # a call that reached this process
+            # A call that reached this process: the gateway's public port is plaintext locally, services take mTLS.
+            if name == "gateway":
+                health(info["grpc"], "")
+            else:
+                with service_channel(running, name) as channel:
+                    health_on(channel, "")
             with urllib.request.urlopen(info["metrics"], timeout=5) as response:
                 body = response.read().decode()
             # A sample of the project's RPC counter for that call, not only the metric's HELP line.

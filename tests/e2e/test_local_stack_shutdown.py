@@ -13,14 +13,14 @@ from grpc_health.v1 import health_pb2
 
 from tests.conftest import Database, free_port_block
 from tests.support import RunningStack, run_stack
-from tests.support.stack import SERVICES, health
+from tests.support.stack import PORTS, SERVICES, health
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def running(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with run_stack(database.admin_url, tmp_path_factory.mktemp("stack"), free_port_block(10)) as stack:
+    with run_stack(database.admin_url, tmp_path_factory.mktemp("stack"), free_port_block(PORTS)) as stack:
         yield stack
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from avgate.kernel.db import create_engine_for
 from avgate.kernel.principal import Principal, Role
+from avgate.kernel.tls import generate_ca, issue_process_certificate
 from gateway.service import ApiKeyService
 from gateway.store import SqlApiKeyStore
 from tests.conftest import REPO, Database
@@ -20,13 +21,13 @@ from tests.conftest import REPO, Database
 pytestmark = pytest.mark.e2e
 
 
-COMMON = ["AVGATE_GENERATE_KEYS", "DATABASE_URL"]
+COMMON = ["AVGATE_GENERATE_KEYS", "DATABASE_URL", "AVGATE_TLS_CA_FILE", "AVGATE_TLS_CERT_FILE", "AVGATE_TLS_KEY_FILE"]
 
 
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("gateway", [*COMMON, "GATEWAY_DEV_API_KEYS"]),
+        ("gateway", [*COMMON, "GATEWAY_DEV_API_KEYS", "GATEWAY_TLS_CERT_FILE", "GATEWAY_TLS_KEY_FILE"]),
         (
             "services.identity",
             [
@@ -92,6 +93,8 @@ def test_the_gateway_refuses_while_development_keys_are_active(
         return created.key.key_id
 
     key_id = asyncio.run(make_development_key())
+    ca = generate_ca(tmp_path, "ca", organization="Example Operator")
+    own = issue_process_certificate(ca, tmp_path, "gateway")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVGATE_", "GATEWAY_")) and "DATABASE_URL" not in k}
     env.update(
         {
@@ -103,6 +106,11 @@ def test_the_gateway_refuses_while_development_keys_are_active(
             "GATEWAY_DATABASE_URL": database.url_for("gateway"),
             "GATEWAY_GRPC_PORT": "0",
             "GATEWAY_METRICS_PORT": "0",
+            "AVGATE_TLS_CA_FILE": str(ca.cert_file),
+            "AVGATE_TLS_CERT_FILE": str(own.cert_file),
+            "AVGATE_TLS_KEY_FILE": str(own.key_file),
+            "GATEWAY_TLS_CERT_FILE": str(own.cert_file),
+            "GATEWAY_TLS_KEY_FILE": str(own.key_file),
         }
     )
     result = subprocess.run(

@@ -23,6 +23,8 @@ from tests.conftest import REPO
 
 START_SECONDS = 90
 STOP_SECONDS = 40
+PORTS = 16
+"""The ports a stack takes from its base: gateway, four services, five metrics, five health, the gateway's mTLS."""
 
 LIMITS_OUT_OF_REACH = {
     "GATEWAY_KEY_REQUESTS_PER_SECOND": "1000000",
@@ -44,14 +46,52 @@ class RunningStack:
     def gateway(self) -> str:
         return str(self.description["gateway"])
 
+    @property
+    def gateway_mtls(self) -> str:
+        return str(self.description["gateway_mtls"])
+
+    @property
+    def tls(self) -> dict[str, Any]:
+        """The generated TLS files: `ca`, `processes` (cert, key by process), `client_ca`, `client`."""
+        return dict(self.description["tls"])
+
+    def target(self, process: str) -> str:
+        return str(self.description["processes"][process]["grpc"])
+
+
+def service_credentials(stack: RunningStack, acting_as: str = "gateway") -> grpc.ChannelCredentials:
+    """mTLS credentials inside the stack: its CA, and the certificate of the process the test acts as
+    (tests that call a service directly sign their tokens as the gateway, so they present its certificate)."""
+    files = stack.tls["processes"][acting_as]
+    return grpc.ssl_channel_credentials(
+        root_certificates=pathlib.Path(stack.tls["ca"]).read_bytes(),
+        private_key=pathlib.Path(files["key"]).read_bytes(),
+        certificate_chain=pathlib.Path(files["cert"]).read_bytes(),
+    )
+
+
+def service_options(process: str) -> list[tuple[str, str]]:
+    """The service's certificate is checked for its process name, as the gateway checks it."""
+    return [("grpc.ssl_target_name_override", f"avgate-{process}")]
+
+
+def service_channel(stack: RunningStack, process: str) -> grpc.Channel:
+    """A (blocking) channel to `process`'s own port, over the stack's mTLS."""
+    return grpc.secure_channel(stack.target(process), service_credentials(stack), options=service_options(process))
+
+
+def aio_service_channel(stack: RunningStack, process: str) -> grpc.aio.Channel:
+    """An aio channel to `process`'s own port, over the stack's mTLS."""
+    return grpc.aio.secure_channel(stack.target(process), service_credentials(stack), options=service_options(process))
+
 
 @contextmanager
 def run_stack(
     database_url: str, state_dir: pathlib.Path, base_port: int, settings: dict[str, str] | None = None
 ) -> Iterator[RunningStack]:
-    """`avgate run` against `database_url`, on ten consecutive ports from `base_port`
-    (gateway, the four services, then five metrics ports), with `settings` added to
-    the processes' environment; Ctrl-C'd afterwards."""
+    """`avgate run` against `database_url`, on PORTS consecutive ports from `base_port`
+    (gateway, the four services, five metrics ports, five health ports, the gateway's mTLS listener),
+    with `settings` added to the processes' environment; Ctrl-C'd afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     env["DATABASE_URL"] = database_url
     env.update(settings or {})
@@ -69,6 +109,10 @@ def run_stack(
             str(base_port + 1),
             "--metrics-port-base",
             str(base_port + 5),
+            "--health-port-base",
+            str(base_port + 10),
+            "--gateway-mtls-port",
+            str(base_port + 15),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -106,8 +150,14 @@ SERVICES = {
 
 
 def health(target: str, service: str) -> int:
-    """grpc.health.v1 status of `service` ("" for the process itself) at `target`."""
+    """grpc.health.v1 status of `service` ("" for the process itself) at a plaintext `target`: the gateway's
+    public port, or a process's health port."""
     with grpc.insecure_channel(target) as channel:
-        return int(
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status
-        )
+        return health_on(channel, service)
+
+
+def health_on(channel: grpc.Channel, service: str) -> int:
+    """grpc.health.v1 status of `service` ("" for the process itself) through `channel`."""
+    return int(
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=3).status
+    )

@@ -637,3 +637,38 @@ class TestDevelopmentKeys:
         clock.advance(timedelta(hours=1))
 
         assert [k.key_id for k in await service.active_development_keys()] == [active.key.key_id]
+
+
+class TestCertificateBinding:
+    SHA256 = "ab" * 32
+
+    async def test_a_key_carries_the_certificate_it_is_bound_to(self, service: ApiKeyService) -> None:
+        colons = ":".join(["AB"] * 32)  # as `openssl x509 -fingerprint -sha256` prints it
+        created = await service.create(OPERATOR, **request(client_certificate_sha256=colons))
+        assert created.key.client_certificate_sha256 == self.SHA256
+        assert created.key.accepts_certificate(self.SHA256)
+        assert not created.key.accepts_certificate(None)
+        assert not created.key.accepts_certificate("cd" * 32)
+
+    async def test_an_unbound_key_accepts_any_connection(self, service: ApiKeyService) -> None:
+        created = await service.create(OPERATOR, **request())
+        assert created.key.client_certificate_sha256 is None
+        assert created.key.accepts_certificate(None) and created.key.accepts_certificate(self.SHA256)
+
+    async def test_a_malformed_fingerprint_is_refused(self, service: ApiKeyService) -> None:
+        with pytest.raises(InvalidArgument) as refused:
+            await service.create(OPERATOR, **request(client_certificate_sha256="not-a-hash"))
+        assert [v.field for v in refused.value.violations] == ["client_certificate_sha256"]
+
+    async def test_production_refuses_an_unbound_regulator_key(
+        self, store: InMemoryApiKeyStore, clock: FakeClock
+    ) -> None:
+        production = ApiKeyService(store, clock=clock, require_bound_regulator_keys=True)
+        regulator = request(role=Role.REGULATOR, tenant_id="", regulator_scope=BEIJING_CYBERSPACE)
+        with pytest.raises(InvalidArgument) as refused:
+            await production.create(OPERATOR, **regulator)
+        assert [v.field for v in refused.value.violations] == ["client_certificate_sha256"]
+        bound = await production.create(OPERATOR, **regulator, client_certificate_sha256=self.SHA256)
+        assert bound.key.client_certificate_sha256 == self.SHA256
+        # Other roles need no binding.
+        await production.create(OPERATOR, **request())

@@ -20,6 +20,9 @@ REAL = {
     "IDENTITY_VERIFIER_URL": "https://verifier.example.internal",
     "IDENTITY_VAULT_KEK_FILE": "/run/secrets/identity-vault.kek",
     "IDENTITY_BLIND_INDEX_KEY_FILE": "/run/secrets/identity-index.keys",
+    "AVGATE_TLS_CA_FILE": "/run/secrets/tls/ca.pem",
+    "AVGATE_TLS_CERT_FILE": "/run/secrets/tls/identity.pem",
+    "AVGATE_TLS_KEY_FILE": "/run/secrets/tls/identity.key",
 }
 
 

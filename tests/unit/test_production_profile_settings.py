@@ -30,11 +30,19 @@ def production(prefix: str) -> dict[str, str]:
         "AVGATE_ENV": "production",
         "AVGATE_GENERATE_KEYS": "false",
         f"{prefix}DATABASE_URL": f"postgresql://avgate_{prefix.lower().rstrip('_')}@db.internal/avgate",
+        "AVGATE_TLS_CA_FILE": "/run/secrets/tls/ca.pem",
+        "AVGATE_TLS_CERT_FILE": f"/run/secrets/tls/{prefix.lower().rstrip('_')}.pem",
+        "AVGATE_TLS_KEY_FILE": f"/run/secrets/tls/{prefix.lower().rstrip('_')}.key",
     }
 
 
 COMPLETE: dict[type[ProcessSettings], dict[str, str]] = {
-    GatewaySettings: {**production("GATEWAY_"), "GATEWAY_DEV_API_KEYS": "false"},
+    GatewaySettings: {
+        **production("GATEWAY_"),
+        "GATEWAY_DEV_API_KEYS": "false",
+        "GATEWAY_TLS_CERT_FILE": "/run/secrets/gateway-public/tls.crt",
+        "GATEWAY_TLS_KEY_FILE": "/run/secrets/gateway-public/tls.key",
+    },
     IdentitySettings: {
         **production("IDENTITY_"),
         "IDENTITY_VAULT_KEK_FILE": "/run/secrets/identity/vault.kek",

@@ -2,7 +2,9 @@
 
 grpc.aio server with message-size limits and back-pressure, the shared
 interceptors (observability → error mapping → principal → request rules), grpc.health.v1,
-reflection, a Prometheus endpoint, and a graceful drain on SIGTERM/SIGINT:
+reflection, a Prometheus endpoint, TLS listeners (credentials from
+`avgate.kernel.tls`; plaintext when none are given), a plaintext listener
+serving grpc.health.v1 alone for probes, and a graceful drain on SIGTERM/SIGINT:
 health turns NOT_SERVING first and, for AVGATE_DRAIN_DELAY_SECONDS, the
 server keeps answering so load balancers see it; then new calls are refused
 and in-flight calls get the grace period to finish.
@@ -40,6 +42,15 @@ class ServiceRegistration:
     service_names: Sequence[str]
 
 
+@dataclass(frozen=True)
+class Listener:
+    """A further port of the same server (the gateway's mTLS listener), with its own credentials."""
+
+    name: str
+    port: int
+    credentials: grpc.ServerCredentials
+
+
 @dataclass
 class ServerOptions:
     host: str = "127.0.0.1"
@@ -51,6 +62,11 @@ class ServerOptions:
     shutdown_grace_seconds: float = 15.0
     drain_delay_seconds: float = 0.0
     extra_reflection_names: Sequence[str] = ()
+    # The main port's credentials; None: plaintext.
+    credentials: grpc.ServerCredentials | None = None
+    listeners: Sequence[Listener] = ()
+    # grpc.health.v1 alone, plaintext, on a server of its own (probes send no client certificate); negative: none.
+    health_port: int = -1
 
 
 @dataclass
@@ -61,6 +77,8 @@ class GrpcProcess:
     registrations: Sequence[ServiceRegistration]
     options: ServerOptions
     auth_interceptor: grpc.aio.ServerInterceptor | None
+    # Checks the peer's certificate before the principal (services over mTLS: avgate.kernel.tls).
+    peer_interceptor: grpc.aio.ServerInterceptor | None = None
     health_servicer: Any = None
     generic_handlers: Sequence[grpc.GenericRpcHandler] = ()
     # Long-running work beside the server (a sequencer, a dispatcher): each gets
@@ -72,7 +90,11 @@ class GrpcProcess:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     port: int = 0
     metrics_port: int = 0
+    health_port: int = -1
+    # The bound port of each further listener, by name.
+    listener_ports: dict[str, int] = field(default_factory=dict)
     _server: grpc.aio.Server | None = None
+    _health_server: grpc.aio.Server | None = None
     _metrics: MetricsEndpoint | None = None
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -82,6 +104,8 @@ class GrpcProcess:
             ObservabilityInterceptor(GrpcMetrics(self.registry)),
             ErrorMappingInterceptor(),
         ]
+        if self.peer_interceptor is not None:
+            interceptors.append(self.peer_interceptor)
         if self.auth_interceptor is not None:
             interceptors.append(self.auth_interceptor)
         # Innermost: only an authenticated call learns the request rules.
@@ -109,11 +133,16 @@ class GrpcProcess:
         reflection.enable_server_reflection(
             [*names, *self.options.extra_reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
-        if self.port == 0:
-            raise RuntimeError(f"{self.name}: could not bind {self.options.host}:{self.options.port}")
+        self.port = self._bind(server, self.options.port, self.options.credentials)
+        for listener in self.options.listeners:
+            self.listener_ports[listener.name] = self._bind(server, listener.port, listener.credentials)
         await server.start()
         self._server = server
+        if self.options.health_port >= 0:
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._health_server)
+            self.health_port = self._bind(self._health_server, self.options.health_port, None)
+            await self._health_server.start()
         if isinstance(self.health_servicer, health.aio.HealthServicer):
             for service_name in ["", *names]:
                 await self.health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -122,9 +151,25 @@ class GrpcProcess:
         self._tasks = [asyncio.create_task(_supervised(job, self._stop_background)) for job in self.background]
         log.info(
             "serving",
-            extra={"grpc_port": self.port, "metrics_port": self.metrics_port, "services": names},
+            extra={
+                "grpc_port": self.port,
+                "tls": self.options.credentials is not None,
+                "health_port": self.health_port,
+                **{f"{name}_port": port for name, port in self.listener_ports.items()},
+                "metrics_port": self.metrics_port,
+                "services": names,
+            },
         )
         return self.port
+
+    def _bind(self, server: grpc.aio.Server, port: int, credentials: grpc.ServerCredentials | None) -> int:
+        address = f"{self.options.host}:{port}"
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+        if bound == 0:
+            raise RuntimeError(f"{self.name}: could not bind {address}")
+        return bound
 
     async def stop(self) -> None:
         if self._server is None:
@@ -136,6 +181,9 @@ class GrpcProcess:
             # Keep answering (NOT_SERVING on health) so balancers see it before the listener closes.
             await self.drain_wait(self.options.drain_delay_seconds)
         await server.stop(self.options.shutdown_grace_seconds)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         self._stop_background.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.options.shutdown_grace_seconds)
