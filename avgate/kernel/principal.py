@@ -281,3 +281,22 @@ def bind_principal(principal: Principal | None) -> contextvars.Token[Principal |
 
 def unbind_principal(token: contextvars.Token[Principal | None]) -> None:
     _current.reset(token)
+
+
+_peer: contextvars.ContextVar[str | None] = contextvars.ContextVar("avgate_peer_process", default=None)
+
+
+def peer_process() -> str | None:
+    """The avgate process the current call's mTLS certificate names; None on a plaintext listener.
+
+    Over mTLS the connection says who is calling, so a service accepts a token
+    only from the process that signed it (the gateway's from the gateway)."""
+    return _peer.get()
+
+
+def bind_peer_process(process: str | None) -> contextvars.Token[str | None]:
+    return _peer.set(process)
+
+
+def unbind_peer_process(token: contextvars.Token[str | None]) -> None:
+    _peer.reset(token)

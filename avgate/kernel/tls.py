@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from avgate.kernel.errors import Unauthenticated
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.keyring import replace_secret_file
+from avgate.kernel.principal import bind_peer_process, unbind_peer_process
 
 if TYPE_CHECKING:
     from avgate.kernel.settings import ProcessSettings
@@ -209,9 +210,14 @@ class PeerProcessInterceptor(ScopedInterceptor):
 
     @asynccontextmanager
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        if self.process_of(context) is None:
+        process = self.process_of(context)
+        if process is None:
             raise Unauthenticated("the peer's certificate names no avgate process (avgate-<process>)")
-        yield
+        bound = bind_peer_process(process)
+        try:
+            yield
+        finally:
+            unbind_peer_process(bound)
 
 
 # --------------------------------------------------------------------------- generated certificates

@@ -170,16 +170,17 @@ class TestThroughTheGateway:
 
 
 class TestServiceTokens:
-    """A compromised service signs what it likes with its own key; the receiving service's table decides."""
+    """A compromised service signs what it likes with its own key; the receiving service decides
+    by the connection it came over and by its table."""
 
     def token(self, stack: RunningStack, issuer: str, origin: Principal, audience: str, method: str) -> str:
         keys = pathlib.Path(stack.state_dir) / "keys"
         signer = TokenSigner(SigningKey(issuer, load_private_key(keys / f"{issuer}.key")))
         return signer.sign_as_service(origin, audience=audience, method=method)
 
-    def call_identity(self, stack: RunningStack, method: str, token: str) -> grpc.StatusCode:
-        # Over the stack's mTLS, as a process of the stack would call (the gateway's certificate).
-        with service_channel(stack, "identity") as channel:
+    def call_identity(self, stack: RunningStack, method: str, token: str, acting_as: str) -> grpc.StatusCode:
+        # Over the stack's mTLS, presenting the certificate of the process the test acts as.
+        with service_channel(stack, "identity", acting_as) as channel:
             try:
                 channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())(
                     empty_pb2.Empty(), metadata=[(TOKEN_METADATA_KEY, token)], timeout=10
@@ -192,10 +193,20 @@ class TestServiceTokens:
         method = "/avgate.identity.v1.IdentityService/UnlockAccount"
         operator = Principal(role=Role.OPERATOR, subject="stolen")
         token = self.token(running, "complaints", operator, "identity", method)
-        assert self.call_identity(running, method, token) is grpc.StatusCode.PERMISSION_DENIED
+        assert self.call_identity(running, method, token, "complaints") is grpc.StatusCode.PERMISSION_DENIED
 
     def test_a_service_cannot_call_what_the_table_does_not_give_it(self, running: RunningStack) -> None:
         method = "/avgate.identity.v1.IdentityService/RequestErasure"
         provider = Principal(role=Role.PROVIDER, subject="key-x", tenant_id="dev-tenant")
         token = self.token(running, "reporting", provider, "identity", method)
-        assert self.call_identity(running, method, token) is grpc.StatusCode.PERMISSION_DENIED
+        assert self.call_identity(running, method, token, "reporting") is grpc.StatusCode.PERMISSION_DENIED
+
+    def test_a_token_relayed_over_another_process_connection_is_refused(self, running: RunningStack) -> None:
+        """screening may check eligibility for a provider; complaints, holding a token screening signed
+        (stolen, or replayed from a log), cannot use it over its own connection."""
+        method = "/avgate.identity.v1.IdentityService/CheckEligibility"
+        provider = Principal(role=Role.PROVIDER, subject="key-x", tenant_id="dev-tenant")
+        stolen = self.token(running, "screening", provider, "identity", method)
+        assert self.call_identity(running, method, stolen, "complaints") is grpc.StatusCode.UNAUTHENTICATED
+        fresh = self.token(running, "screening", provider, "identity", method)
+        assert self.call_identity(running, method, fresh, "screening") is grpc.StatusCode.INVALID_ARGUMENT

@@ -75,9 +75,11 @@ def service_options(process: str) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", f"avgate-{process}")]
 
 
-def service_channel(stack: RunningStack, process: str) -> grpc.Channel:
-    """A (blocking) channel to `process`'s own port, over the stack's mTLS."""
-    return grpc.secure_channel(stack.target(process), service_credentials(stack), options=service_options(process))
+def service_channel(stack: RunningStack, process: str, acting_as: str = "gateway") -> grpc.Channel:
+    """A (blocking) channel to `process`'s own port, over the stack's mTLS, presenting `acting_as`'s certificate."""
+    return grpc.secure_channel(
+        stack.target(process), service_credentials(stack, acting_as), options=service_options(process)
+    )
 
 
 def aio_service_channel(stack: RunningStack, process: str) -> grpc.aio.Channel:

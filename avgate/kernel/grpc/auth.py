@@ -15,14 +15,18 @@ from contextlib import asynccontextmanager
 
 import grpc
 
+from avgate.kernel.errors import InvalidPrincipalToken
 from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.wrapping import ScopedInterceptor
 from avgate.kernel.principal import (
+    GATEWAY_ISSUER,
     TOKEN_METADATA_KEY,
     Principal,
+    Role,
     TokenSigner,
     TokenVerifier,
     bind_principal,
+    peer_process,
     unbind_principal,
 )
 from avgate.kernel.telemetry import outgoing_trace_metadata
@@ -51,12 +55,22 @@ class PrincipalInterceptor(ScopedInterceptor):
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         token = metadata_value(context.invocation_metadata(), TOKEN_METADATA_KEY)
         principal = self._verifier.verify(token, method=method)
+        caller = peer_process()
+        if caller is not None and caller != token_issuer(principal):
+            # Over mTLS the connection says who is calling: a token another process signed, relayed
+            # from this peer, is someone else's (a stolen or replayed token), whatever it claims.
+            raise InvalidPrincipalToken(f"a token of {token_issuer(principal)} came over {caller}'s connection")
         self._access.check_token(method, principal)
         bound = bind_principal(principal)
         try:
             yield
         finally:
             unbind_principal(bound)
+
+
+def token_issuer(principal: Principal) -> str:
+    """Who signed a verified token: a service names itself; every other principal is the gateway's."""
+    return principal.subject if principal.role is Role.SERVICE else GATEWAY_ISSUER
 
 
 def service_call_metadata(
