@@ -50,8 +50,17 @@ async def compose(settings: GatewaySettings, clock: Callable[[], float] = time.m
         clock,
     )
     own = registration(GatewayServicer(keys, upstreams, guards))
+    health = GatewayHealthServicer(
+        upstreams,
+        list(own.service_names),
+        addresses=ClientAddresses(settings.trusted_proxies),
+        watch_interval_seconds=settings.health_watch_interval_seconds,
+        watches_per_peer=settings.health_watches_per_peer,
+        watches_total=settings.health_watches_total,
+    )
 
     async def close() -> None:
+        await health.watches.close()
         for upstream in upstreams:
             await upstream.close()
         await engine.dispose()
@@ -64,7 +73,7 @@ async def compose(settings: GatewaySettings, clock: Callable[[], float] = time.m
             ApiKeyInterceptor(keys, AccessTable.from_contracts(), ClientAddresses(settings.trusted_proxies)),
             wiring.rate_limits(settings, keys),
         ),
-        health_servicer=GatewayHealthServicer(upstreams, list(own.service_names)),
+        health_servicer=health,
         generic_handlers=proxy.generic_handlers(),
         on_shutdown=[close],
     )

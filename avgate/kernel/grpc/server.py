@@ -4,7 +4,10 @@ grpc.aio server with message-size limits and back-pressure, the shared
 interceptors (observability → error mapping → principal → request rules), grpc.health.v1,
 reflection, a Prometheus endpoint, TLS listeners (credentials from
 `avgate.kernel.tls`; plaintext when none are given), a plaintext listener
-serving grpc.health.v1 alone for probes, and a graceful drain on SIGTERM/SIGINT:
+serving grpc.health.v1 alone for probes (a server of its own, with its own
+call limit, so probes and API calls never take each other's slots; a health
+servicer that caps its watches must leave API calls half the main server's
+limit), and a graceful drain on SIGTERM/SIGINT:
 health turns NOT_SERVING first and, for AVGATE_DRAIN_DELAY_SECONDS, the
 server keeps answering so load balancers see it; then new calls are refused
 and in-flight calls get the grace period to finish.
@@ -67,6 +70,8 @@ class ServerOptions:
     listeners: Sequence[Listener] = ()
     # grpc.health.v1 alone, plaintext, on a server of its own (probes send no client certificate); negative: none.
     health_port: int = -1
+    # The health port's own call limit: grpcio counts calls per server, so probes there never take an API call's slot.
+    health_max_concurrent_rpcs: int | None = 1000
 
 
 @dataclass
@@ -99,7 +104,18 @@ class GrpcProcess:
     _stop_background: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def _check_watch_cap(self) -> None:
+        """A health servicer that caps its watches (`max_watches`, the gateway's) must leave API calls
+        at least half of the server's call limit: grpcio counts a held Watch like any call."""
+        max_watches = getattr(self.health_servicer, "max_watches", None)
+        limit = self.options.max_concurrent_rpcs
+        if max_watches is not None and limit is not None and 2 * max_watches > limit:
+            raise ValueError(
+                f"{self.name}: {max_watches} health watches would take over half of the {limit} concurrent calls"
+            )
+
     async def start(self) -> int:
+        self._check_watch_cap()
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ObservabilityInterceptor(GrpcMetrics(self.registry)),
             ErrorMappingInterceptor(),
@@ -139,7 +155,7 @@ class GrpcProcess:
         await server.start()
         self._server = server
         if self.options.health_port >= 0:
-            self._health_server = grpc.aio.server()
+            self._health_server = grpc.aio.server(maximum_concurrent_rpcs=self.options.health_max_concurrent_rpcs)
             health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._health_server)
             self.health_port = self._bind(self._health_server, self.options.health_port, None)
             await self._health_server.start()
