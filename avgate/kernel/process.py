@@ -1,5 +1,15 @@
 """Start-up shared by every process: settings check, logging, tracing, keys,
-then the process's own composition, served until SIGTERM."""
+then the process's own composition, served until SIGTERM.
+
+The production profile is checked here, once for every process: what the
+settings alone show (local stand-ins, weak settings), and the role each of
+the process's database URLs connects as, asked of PostgreSQL itself. One
+role per process is what keeps each schema to its owner and the ledger's
+triggers out of every service's reach; a superuser (or a role that may
+become one, bypass row-level security, create roles or databases, or run
+programs and files on the server) undoes it, and so does one URL shared by
+every process, which connects as another process's role in all but one.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +18,16 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import psycopg
+
+from avgate.kernel.db import libpq_url
 from avgate.kernel.grpc.access import AccessTable
 from avgate.kernel.grpc.auth import PrincipalInterceptor
 from avgate.kernel.grpc.server import GrpcProcess, ServerOptions, ServiceRegistration
 from avgate.kernel.keys import generate_key_pair, load_trusted_keys
 from avgate.kernel.logging import configure_logging
 from avgate.kernel.principal import TokenVerifier
-from avgate.kernel.settings import ProcessSettings, ProductionProfileError
+from avgate.kernel.settings import DatabaseLogin, Environment, ProcessSettings, ProductionProfileError
 from avgate.kernel.telemetry import configure_tracing
 from avgate.kernel.tls import PeerProcessInterceptor, internal_tls_enabled, server_credentials
 
@@ -54,11 +67,71 @@ def service_process(
     )
 
 
+# What a process's role must not have, nor any role it is a member of (attribute → what it allows).
+ROLE_ATTRIBUTES = {
+    "rolsuper": "is a superuser",
+    "rolbypassrls": "bypasses row-level security",
+    "rolcreaterole": "may create roles",
+    "rolcreatedb": "may create databases",
+}
+# Predefined roles that reach the server's files and programs (a superuser's powers by another name).
+SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+
+_ROLES_HELD = """
+select r.rolname, r.rolname = current_user, r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb
+from pg_roles r
+where pg_has_role(current_user, r.oid, 'MEMBER')
+order by r.rolname = current_user desc, r.rolname
+"""
+
+
+def database_role_problems(login: DatabaseLogin, *, connect_timeout: int = 10) -> list[str]:
+    """What production refuses in the role `login.url` connects as, asked of PostgreSQL: another role
+    than `login.role`, or powers beyond its own schema; one line per URL, naming its variable. A server
+    that cannot be reached is refused too: the roles could not be checked."""
+    try:
+        with psycopg.connect(libpq_url(login.url), connect_timeout=connect_timeout, autocommit=True) as conn:
+            rows = conn.execute(_ROLES_HELD).fetchall()
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [f"{login.variable}: cannot check the role it connects as ({reason})"]
+    current = next(row[0] for row in rows if row[1])
+    refused = []
+    if current != login.role:
+        refused.append(f"is not {login.role}, this process's own role")
+    for name, is_current, *flags in rows:
+        held = [what for what, flag in zip(ROLE_ATTRIBUTES.values(), flags, strict=True) if flag]
+        if name in SERVER_ROLES:
+            held.append("reaches the server's files or programs")
+        if held:
+            refused.append(f"{'it' if is_current else f'its role {name}'} {', '.join(held)}")
+        if is_current and flags[0]:
+            break  # a superuser is a member of every role: the rest says nothing more
+    if not refused:
+        return []
+    return [
+        f"{login.variable} connects as {current}, which {'; '.join(refused)}: connect as {login.role}, made by "
+        "`avgate db bootstrap`, with no other powers"
+    ]
+
+
+def check_production_profile(settings: ProcessSettings) -> None:
+    """Refuses (ProductionProfileError) with AVGATE_ENV=production while any local stand-in, weak setting
+    or database role production refuses is configured; the local profile is not looked at."""
+    if settings.env is not Environment.PRODUCTION:
+        return
+    problems = settings.production_problems()
+    for login in settings.database_logins():
+        problems += database_role_problems(login)
+    if problems:
+        raise ProductionProfileError(settings.process_name, problems)
+
+
 def prepare(settings_cls: type[S]) -> S:
-    """Reads settings, refuses production with local stand-ins, sets up logs, traces, keys."""
+    """Reads settings, refuses production with local stand-ins or weak settings, sets up logs, traces, keys."""
     settings = settings_cls()
     try:
-        settings.check_production()
+        check_production_profile(settings)
     except ProductionProfileError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(78) from exc  # EX_CONFIG

@@ -4,13 +4,18 @@ Every process's settings class derives from ProcessSettings, which reads the
 shared AVGATE_* variables and DATABASE_URL, and adds its own fields under its
 own prefix (IDENTITY_, GATEWAY_, ...). The defaults are a working local
 stack. With AVGATE_ENV=production, `check_production()` names every local
-stand-in still configured, and the process refuses to start.
+stand-in still configured and every weak setting (plain-http third parties,
+drops under the state directory), and the process refuses to start; at
+start (avgate.kernel.process) it also checks the role each database URL
+connects as.
 """
 
 from __future__ import annotations
 
 import enum
 import pathlib
+import urllib.parse
+from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import AliasChoices, Field
@@ -25,14 +30,29 @@ class Environment(enum.StrEnum):
 
 
 class ProductionProfileError(RuntimeError):
-    """The production profile found local stand-ins configured."""
+    """The production profile found local stand-ins or weak settings configured."""
 
     def __init__(self, process: str, problems: list[str]):
         self.problems = problems
         listed = "\n  - ".join(problems)
         super().__init__(
-            f"{process} refuses to start with AVGATE_ENV=production while local stand-ins are configured:\n  - {listed}"
+            f"{process} refuses to start with AVGATE_ENV=production while local stand-ins or weak settings "
+            f"are configured:\n  - {listed}"
         )
+
+
+@dataclass(frozen=True)
+class DatabaseLogin:
+    """A database URL a process connects with, and the one role it must connect as."""
+
+    variable: str
+    url: str
+    role: str
+
+
+def plain_http(url: str) -> bool:
+    """True for an `http://` URL: anyone on the path reads and rewrites what goes over it."""
+    return urllib.parse.urlsplit(url).scheme.lower() == "http"
 
 
 def shared(env: str, default: object, **kwargs: object) -> object:
@@ -103,7 +123,10 @@ class ProcessSettings(BaseSettings):
     (Kubernetes' gRPC probes). Unset: 50070 for the gateway, the gRPC port + 10 for a service (50071-50074,
     the local stack's block), any free port when the gRPC port is 0; negative: none."""
     database_url: str | None = None
-    """This process's PostgreSQL URL, as its own role. Unset: DATABASE_URL."""
+    """This process's PostgreSQL URL, as its own role `avgate_<process>`: at start, production refuses a URL
+    that connects as another role (one URL shared by every process), a superuser, or a role that (itself or
+    through a role it belongs to) bypasses row-level security or may create roles or databases. Unset:
+    DATABASE_URL."""
 
     @property
     def effective_health_port(self) -> int:
@@ -154,8 +177,29 @@ class ProcessSettings(BaseSettings):
             )
         return problems
 
+    def weak_settings(self) -> list[str]:
+        """Every setting production refuses although it names no local stand-in (a third party over
+        plain http, a drop under the state directory), by variable. Subclasses extend it."""
+        return []
+
+    def production_problems(self) -> list[str]:
+        """What AVGATE_ENV=production refuses in these settings alone (the database roles are checked
+        at start, by avgate.kernel.process, as they need the database)."""
+        return self.local_stand_ins() + self.weak_settings()
+
+    def database_logins(self) -> list[DatabaseLogin]:
+        """Every database URL this process connects with, each with the role it must connect as:
+        `avgate_<process>` (avgate.kernel.db.SCHEMA_OWNERS) for the process's own URL. A URL shared
+        by two processes, or an administrator's, fails that for at least one of them."""
+        url = self.effective_database_url
+        if not url:
+            return []
+        prefix = str(self.model_config.get("env_prefix", ""))
+        variable = f"{prefix}DATABASE_URL" if self.database_url else "DATABASE_URL"
+        return [DatabaseLogin(variable, url, f"avgate_{self.process_name}")]
+
     def check_production(self) -> None:
         if self.env is Environment.PRODUCTION:
-            problems = self.local_stand_ins()
+            problems = self.production_problems()
             if problems:
                 raise ProductionProfileError(self.process_name, problems)

@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 
 from avgate.kernel.keyring import KeyFile, create_key_file, parse_key_file
 from avgate.kernel.reporting_handoff import ReportingHandoffSettings
+from avgate.kernel.settings import plain_http
 
 
 class IdentitySettings(ReportingHandoffSettings):
@@ -94,8 +95,8 @@ class IdentitySettings(ReportingHandoffSettings):
 
     # --- SMS (one-time codes are sent directly, never through the outbox)
     sms_url: str | None = None
-    """The SMS gateway's HTTP(S) endpoint for one-time codes. Unset: every message, code included, is
-    written to IDENTITY_SMS_SINK_FILE (local stand-in; production refuses it)."""
+    """The SMS gateway's HTTP(S) endpoint for one-time codes (production refuses plain http). Unset: every
+    message, code included, is written to IDENTITY_SMS_SINK_FILE (local stand-in; production refuses it)."""
     sms_bearer_token_file: pathlib.Path | None = None
     """A file holding the SMS gateway's bearer token (a mounted Secret). Unset: no Authorization header."""
     sms_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -132,9 +133,9 @@ class IdentitySettings(ReportingHandoffSettings):
 
     # --- the authoritative identity verifier (an HTTP/JSON adapter)
     verifier_url: str | None = None
-    """The authoritative identity verifier's HTTP(S) base URL; a loopback host is the local stand-in
-    (`python -m services.identity.verifier_standin`; production refuses it). Unset: no authoritative
-    verification is possible (production refuses it)."""
+    """The authoritative identity verifier's HTTP(S) base URL (production refuses plain http); a loopback
+    host is the local stand-in (`python -m services.identity.verifier_standin`; production refuses it).
+    Unset: no authoritative verification is possible (production refuses it)."""
     verifier_credentials_file: pathlib.Path | None = None
     """A file holding the verifier's bearer credential (a mounted Secret). Unset: no Authorization header."""
     verifier_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -183,6 +184,21 @@ class IdentitySettings(ReportingHandoffSettings):
         elif _is_local(self.verifier_url):
             problems.append(
                 f"IDENTITY_VERIFIER_URL={self.verifier_url} points at this machine (the local verification stand-in)"
+            )
+        return problems
+
+    def weak_settings(self) -> list[str]:
+        problems = super().weak_settings()
+        if self.sms_url and plain_http(self.sms_url):
+            problems.append(
+                f"IDENTITY_SMS_URL={self.sms_url} is plain http (anyone on the path reads the one-time codes); "
+                "use https"
+            )
+        if self.verifier_url and plain_http(self.verifier_url) and not _is_local(self.verifier_url):
+            # A loopback verifier is named once, as the local stand-in.
+            problems.append(
+                f"IDENTITY_VERIFIER_URL={self.verifier_url} is plain http (anyone on the path could answer "
+                '"match"); use https'
             )
         return problems
 

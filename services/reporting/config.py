@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from avgate.kernel.db import LEDGER_SEQUENCER_ROLE
 from avgate.kernel.principal import DEPARTMENTS
-from avgate.kernel.settings import ProcessSettings
+from avgate.kernel.settings import DatabaseLogin, ProcessSettings, plain_http
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class ReportingSettings(ProcessSettings):
     sequencer_enabled: bool = True
     """Run the ledger's sequencer in this replica (one replica leads, the others stand by)."""
     sequencer_database_url: str | None = None
-    """PostgreSQL URL of the sequencer's own role (`avgate_ledger_sequencer`). Unset: locally, the
+    """PostgreSQL URL of the sequencer's own role (`avgate_ledger_sequencer`; at start, production refuses a
+    URL that connects as another role or one with more powers, as for REPORTING_DATABASE_URL). Unset: locally, the
     process's URL with that role (local stand-in; production refuses it while the sequencer is enabled)."""
     ledger_origin: str = "avgate.local/ledger"
     """The log's name: the origin line of every signed tree head (a C2SP checkpoint) and its key's name;
@@ -63,9 +65,10 @@ class ReportingSettings(ProcessSettings):
     #           "culture_tourism": {"type": "file", "directory": "/exports/culture"}}
     authorities: dict[str, dict[str, Any]] = {}
     """Where each department's reports go, as JSON by department: `{"type": "http", "url": ...}` (optional
-    `bearer_token_file`, `timeout`, `keep_alive`) or `{"type": "file", "directory": ...}`. A department not
-    named gets a file drop under `<state dir>/authority-drops/<department>/` (local stand-in; production
-    refuses it while the dispatcher is enabled)."""
+    `bearer_token_file`, `timeout`, `keep_alive`) or `{"type": "file", "directory": ...}`; production refuses
+    an `http://` URL and a directory under the state directory. A department not named gets a file drop
+    under `<state dir>/authority-drops/<department>/` (local stand-in; production refuses it while the
+    dispatcher is enabled)."""
     dispatcher_enabled: bool = True
     """Run the dispatcher that delivers reports to the authorities in this process."""
     dispatcher_max_attempts: int = Field(default=10, ge=1)
@@ -165,6 +168,36 @@ class ReportingSettings(ProcessSettings):
         if self.export_builder_enabled and self.export_dir is None:
             problems.append("no REPORTING_EXPORT_DIR (export bundles kept under the state directory)")
         return problems
+
+    def weak_settings(self) -> list[str]:
+        problems = super().weak_settings()
+        state_dir = self.state_dir.resolve()
+        for department, raw in self.authorities.items():
+            try:
+                spec = _parse_spec(department, raw)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            if isinstance(spec, HttpAuthority) and plain_http(spec.url):
+                problems.append(
+                    f"REPORTING_AUTHORITIES: {department}'s URL {spec.url} is plain http (anyone on the path "
+                    "reads and rewrites the reports); use https"
+                )
+            if isinstance(spec, FileAuthority) and spec.directory.resolve().is_relative_to(state_dir):
+                problems.append(
+                    f"REPORTING_AUTHORITIES: {department}'s file drop {spec.directory} lies under the state "
+                    f"directory AVGATE_STATE_DIR={self.state_dir} (local files, not the authority's); "
+                    "mount the authority's directory elsewhere"
+                )
+        return problems
+
+    def database_logins(self) -> list[DatabaseLogin]:
+        logins = super().database_logins()
+        if self.sequencer_enabled and self.sequencer_database_url:
+            logins.append(
+                DatabaseLogin("REPORTING_SEQUENCER_DATABASE_URL", self.sequencer_database_url, LEDGER_SEQUENCER_ROLE)
+            )
+        return logins
 
 
 def _parse_spec(department: str, raw: Any) -> AuthoritySpec:

@@ -118,3 +118,31 @@ def test_the_gateway_refuses_while_development_keys_are_active(
     )
     assert result.returncode == 78, result.stderr
     assert "development API keys are active" in result.stderr and key_id in result.stderr
+
+
+def test_a_service_refuses_to_start_as_the_database_superuser(database: Database, tmp_path: pathlib.Path) -> None:
+    """Every stand-in setting is resolved, but screening's database URL is the superuser's (who could
+    disable the ledger's triggers and read every schema): it exits 78 (EX_CONFIG) and names the URL."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AVGATE_", "SCREENING_")) and "DATABASE_URL" not in k
+    }
+    env.update(
+        {
+            "AVGATE_ENV": "production",
+            "AVGATE_STATE_DIR": str(tmp_path),
+            "AVGATE_GENERATE_KEYS": "false",
+            "SCREENING_DATABASE_URL": database.admin_url,
+            "SCREENING_GRPC_PORT": "0",
+            "SCREENING_METRICS_PORT": "0",
+            "SCREENING_HEALTH_PORT": "-1",
+            "AVGATE_TLS_CA_FILE": "/run/secrets/tls/ca.pem",
+            "AVGATE_TLS_CERT_FILE": "/run/secrets/tls/screening.pem",
+            "AVGATE_TLS_KEY_FILE": "/run/secrets/tls/screening.key",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "services.screening"], env=env, cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 78, result.stderr
+    (named,) = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert named.startswith("  - SCREENING_DATABASE_URL connects as") and "is a superuser" in named

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 
 import pytest
 
+from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, owner
 from avgate.kernel.principal import DEPARTMENTS
-from avgate.kernel.settings import ProcessSettings
+from avgate.kernel.process import check_production_profile
+from avgate.kernel.settings import ProcessSettings, ProductionProfileError
 from gateway.config import GatewaySettings
 from services.complaints.config import ComplaintsSettings
 from services.identity.config import IdentitySettings
@@ -115,3 +118,119 @@ def test_the_complete_profile_covers_every_variable_the_class_names(
 def test_a_verifier_on_this_machine_is_the_local_stand_in(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     (problem,) = stand_ins(IdentitySettings, {**COMPLETE[IdentitySettings], "IDENTITY_VERIFIER_URL": url}, monkeypatch)
     assert "IDENTITY_VERIFIER_URL" in problem and "stand-in" in problem
+
+
+# --------------------------------------------------------------------------- weak settings (issue 12, finding 8)
+
+
+def refused(cls: type[ProcessSettings], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the production profile refuses in `env` (settings alone), the ProductionProfileError's lines."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ProductionProfileError) as caught:
+        cls().check_production()
+    return caught.value.problems
+
+
+class TestThirdPartiesOverPlainHttp:
+    """A man in the middle of a plain-http call reads the one-time codes, answers "match" for the verifier,
+    or reads and rewrites the reports: production names each such URL."""
+
+    @pytest.mark.parametrize("variable", ["IDENTITY_SMS_URL", "IDENTITY_VERIFIER_URL"])
+    def test_an_identity_third_party_over_http_is_refused(self, variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        env = {**COMPLETE[IdentitySettings], variable: "http://third-party.example.cn/v1"}
+        (problem,) = refused(IdentitySettings, env, monkeypatch)
+        assert variable in problem and "plain http" in problem
+
+    def test_an_http_authority_is_refused_by_department(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        authorities = {d: {"type": "http", "url": f"https://{d}.authority.example.cn/reports"} for d in DEPARTMENTS}
+        authorities["cyberspace"]["url"] = "http://cyberspace.authority.example.cn/reports"
+        env = {**COMPLETE[ReportingSettings], "REPORTING_AUTHORITIES": json.dumps(authorities)}
+        (problem,) = refused(ReportingSettings, env, monkeypatch)
+        assert "REPORTING_AUTHORITIES" in problem and "cyberspace" in problem and "plain http" in problem
+
+    def test_https_everywhere_is_accepted(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for cls in (IdentitySettings, ReportingSettings):
+            for name, value in COMPLETE[cls].items():
+                monkeypatch.setenv(name, value)
+            assert cls().weak_settings() == []
+            cls().check_production()
+
+
+class TestFileDropUnderTheStateDirectory:
+    def authorities(self, directory: str) -> str:
+        specs: dict[str, dict[str, str]] = {
+            d: {"type": "http", "url": f"https://{d}.authority.example.cn/reports"} for d in DEPARTMENTS
+        }
+        specs["culture_tourism"] = {"type": "file", "directory": directory}
+        return json.dumps(specs)
+
+    @pytest.mark.parametrize("inside", ["drops/culture", "./drops/../authority-drops/culture_tourism", "."])
+    def test_a_drop_under_the_state_directory_is_refused(
+        self, inside: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        state = tmp_path / "state"
+        env = {
+            **COMPLETE[ReportingSettings],
+            "AVGATE_STATE_DIR": str(state),
+            "REPORTING_AUTHORITIES": self.authorities(str(state / inside)),
+        }
+        (problem,) = refused(ReportingSettings, env, monkeypatch)
+        assert "REPORTING_AUTHORITIES" in problem and "culture_tourism" in problem and "state directory" in problem
+
+    def test_a_relative_state_directory_is_resolved(
+        self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        env = {
+            **COMPLETE[ReportingSettings],
+            "AVGATE_STATE_DIR": ".avgate",
+            "REPORTING_AUTHORITIES": self.authorities(str(tmp_path / ".avgate" / "drops")),
+        }
+        (problem,) = refused(ReportingSettings, env, monkeypatch)
+        assert "culture_tourism" in problem
+
+    def test_a_drop_elsewhere_is_accepted(self, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        env = {
+            **COMPLETE[ReportingSettings],
+            "AVGATE_STATE_DIR": str(tmp_path / "state"),
+            "REPORTING_AUTHORITIES": self.authorities(str(tmp_path / "state-exports")),
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        ReportingSettings().check_production()
+
+
+class TestDatabaseLogins:
+    """Each process names the URLs it connects with and the one role each must connect as (checked
+    against PostgreSQL at start: tests/integration/test_production_database_roles.py)."""
+
+    @pytest.mark.parametrize("cls", list(COMPLETE), ids=[c.process_name for c in COMPLETE])
+    def test_the_own_url_must_connect_as_the_process_own_role(
+        self, cls: type[ProcessSettings], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name, value in COMPLETE[cls].items():
+            monkeypatch.setenv(name, value)
+        own = cls().database_logins()[0]
+        assert own.role == owner(cls.process_name).role
+        assert own.variable == f"{cls.process_name.upper()}_DATABASE_URL"
+
+    def test_the_shared_url_is_named_as_database_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@db.internal/avgate")
+        (login,) = ScreeningSettings().database_logins()
+        assert (login.variable, login.role) == ("DATABASE_URL", "avgate_screening")
+
+    def test_the_sequencer_must_connect_as_the_sequencer_role(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name, value in COMPLETE[ReportingSettings].items():
+            monkeypatch.setenv(name, value)
+        logins = {login.variable: login.role for login in ReportingSettings().database_logins()}
+        assert logins == {
+            "REPORTING_DATABASE_URL": "avgate_reporting",
+            "REPORTING_SEQUENCER_DATABASE_URL": LEDGER_SEQUENCER_ROLE,
+        }
+
+    def test_the_local_profile_connects_to_nothing_at_start(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Locally nothing is checked: no weak setting refused, no database asked (an unreachable URL)."""
+        monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+        monkeypatch.setenv("IDENTITY_SMS_URL", "http://sms.example.cn/")
+        check_production_profile(IdentitySettings())

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from avgate.kernel.canonical import canonical_json
 from avgate.kernel.errors import (
@@ -429,10 +429,10 @@ class ExportBuilder:
     async def _build(self, export: Export, leaf: int, head: Head) -> Export:
         final = self._directory / export.export_id
         work = self._directory / f".{export.export_id}.{uuid.uuid4().hex[:8]}"
-        work.mkdir(parents=True)
+        private_directory(work)
         try:
             count = await self._write_incidents(export, work / FILE_NAMES["jsonl"])
-            (work / FILE_NAMES["checkpoint"]).write_bytes(head.checkpoint)
+            write_private(work / FILE_NAMES["checkpoint"], head.checkpoint)
             files = [_describe("jsonl", work), _describe("checkpoint", work)]
             complete = self._clock()
             manifest = canonical_json(
@@ -451,8 +451,10 @@ class ExportBuilder:
             )
             signature = self._signer.private_key.sign(manifest)
             key_name = f"{self._signer.issuer}:{self._signer.kid}"
-            (work / FILE_NAMES["manifest"]).write_bytes(manifest)
-            (work / FILE_NAMES["signature"]).write_text(f"{key_name}\n{base64.b64encode(signature).decode()}\n")
+            write_private(work / FILE_NAMES["manifest"], manifest)
+            write_private(
+                work / FILE_NAMES["signature"], f"{key_name}\n{base64.b64encode(signature).decode()}\n".encode()
+            )
             files += [_describe("manifest", work), _describe("signature", work)]
             for path in work.iterdir():
                 with path.open("rb") as fh:
@@ -480,7 +482,7 @@ class ExportBuilder:
         principal = Principal.from_claims(export.principal, request_id=f"export:{export.export_id}")
         query = scoped_query(principal, export.request.incidents)
         count = 0
-        with path.open("wb") as out:
+        with create_private(path) as out:
             if query is None:
                 return 0
             after = None
@@ -524,6 +526,31 @@ def _bundle_folders(directory: pathlib.Path) -> dict[str, str]:
         if match and path.is_dir():
             found[path.name] = match.group(1)
     return found
+
+
+def private_directory(path: pathlib.Path) -> None:
+    """Makes `path` a new directory only its owner may enter (0700, whatever the umask); a missing
+    export directory above it is made 0700 as well (one that exists keeps the mode it was given). A
+    bundle holds incident reports: no other account on the machine may read them."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def create_private(path: pathlib.Path) -> BinaryIO:
+    """A new file open for writing, 0600 before any byte is in it, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode is filtered by the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
+
+
+def write_private(path: pathlib.Path, data: bytes) -> None:
+    with create_private(path) as out:
+        out.write(data)
 
 
 def _describe(kind: str, directory: pathlib.Path) -> ExportFile:
