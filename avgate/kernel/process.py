@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -85,16 +86,30 @@ order by r.rolname = current_user desc, r.rolname
 """
 
 
-def database_role_problems(login: DatabaseLogin, *, connect_timeout: int = 10) -> list[str]:
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached to check the role a process connects as (it may be starting)."""
+
+
+def database_role_problems(login: DatabaseLogin, *, connect_timeout: int = 10, wait_seconds: float = 60.0) -> list[str]:
     """What production refuses in the role `login.url` connects as, asked of PostgreSQL: another role
-    than `login.role`, or powers beyond its own schema; one line per URL, naming its variable. A server
-    that cannot be reached is refused too: the roles could not be checked."""
-    try:
-        with psycopg.connect(libpq_url(login.url), connect_timeout=connect_timeout, autocommit=True) as conn:
-            rows = conn.execute(_ROLES_HELD).fetchall()
-    except psycopg.Error as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return [f"{login.variable}: cannot check the role it connects as ({reason})"]
+    than `login.role`, or powers beyond its own schema; one line per URL, naming its variable.
+
+    A database that does not answer is waited for (it may be starting with the pod) for
+    `wait_seconds`; then DatabaseUnreachable: the process must not start with its role unchecked,
+    and a down database is no configuration error, so it exits differently (EX_UNAVAILABLE)."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            with psycopg.connect(libpq_url(login.url), connect_timeout=connect_timeout, autocommit=True) as conn:
+                rows = conn.execute(_ROLES_HELD).fetchall()
+            break
+        except psycopg.OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise DatabaseUnreachable(f"{login.variable}: cannot check the role it connects as ({reason})") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
     current = next(row[0] for row in rows if row[1])
     refused = []
     if current != login.role:
@@ -135,6 +150,9 @@ def prepare(settings_cls: type[S]) -> S:
     except ProductionProfileError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(78) from exc  # EX_CONFIG
+    except DatabaseUnreachable as exc:
+        print(f"{settings.process_name}: {exc}", file=sys.stderr)
+        raise SystemExit(69) from exc  # EX_UNAVAILABLE: the orchestrator restarts it
     configure_logging(settings.process_name, settings.log_level)
     configure_tracing(settings.process_name, settings.otel_exporter)
     if settings.generate_keys:

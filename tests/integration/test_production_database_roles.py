@@ -5,6 +5,7 @@ belongs to is refused, by the URL's variable; the process's own role passes."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import psycopg
 import pytest
 
 from avgate.kernel.db import LEDGER_SEQUENCER_ROLE, libpq_url, role_url
-from avgate.kernel.process import check_production_profile, database_role_problems
+from avgate.kernel.process import DatabaseUnreachable, check_production_profile, database_role_problems
 from avgate.kernel.settings import DatabaseLogin, ProductionProfileError
 from services.screening.config import ScreeningSettings
 from tests.conftest import PROCESS_NAMES, Database
@@ -52,10 +53,14 @@ class TestTheRoleAUrlConnectsAs:
         (problem,) = database_role_problems(login)
         assert problem.startswith("DATABASE_URL connects as avgate_identity,") and "is not avgate_gateway" in problem
 
-    def test_an_unreachable_server_is_refused(self) -> None:
+    def test_an_unreachable_server_is_waited_for_then_refused_as_unavailable(self) -> None:
+        """A database still starting is waited for; one that stays down is no configuration error,
+        but the process must not start with its role unchecked."""
         login = DatabaseLogin("COMPLAINTS_DATABASE_URL", "postgresql://avgate_complaints@127.0.0.1:1/avgate", "x")
-        (problem,) = database_role_problems(login, connect_timeout=2)
-        assert problem.startswith("COMPLAINTS_DATABASE_URL: cannot check the role it connects as")
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnreachable, match=r"^COMPLAINTS_DATABASE_URL: cannot check the role"):
+            database_role_problems(login, connect_timeout=2, wait_seconds=1.0)
+        assert time.monotonic() - started >= 0.5, "it tried again before giving up"
 
 
 @pytest.fixture
