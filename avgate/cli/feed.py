@@ -12,11 +12,13 @@ proto's JSON mapping; tree heads with their signed note). What it guarantees:
   last item saved. A crash between writing a line and saving its cursor can
   repeat that one line on restart — lines carry their cursor, so a consumer
   drops a repeat by cursor.
-- Trust: every tree head is checked against the log's signing keys (--vkey
-  pins them; default the keys the log publishes) and, once a head was seen,
-  proven consistent with the previous one (RFC 9162 consistency proof) before
-  it is written. A head that fails either check stops the client (exit 1);
-  nothing after it is accepted.
+- Trust: every tree head is checked against the log's signing keys and, once
+  a head was seen, proven consistent with the previous one (RFC 9162
+  consistency proof) before it is written. The keys are pinned on first use
+  (avgate.cli.feed_trust): the first run trusts the keys the log publishes and
+  saves them in the state file; later runs trust only those, or the keys
+  given with --vkey (which replace the pins). A head that fails either check
+  stops the client (exit 1); nothing after it is accepted.
 - Holds on: a dropped connection or an unavailable gateway is retried with
   capped backoff from the last saved cursor; a refused call (bad key, bad
   filter) stops with the error as JSON on stderr.
@@ -38,34 +40,36 @@ from google.protobuf import json_format
 
 from avgate.cli.common import add_gateway_tls_arguments, gateway_channel, print_rpc_error
 from avgate.cli.feed_filter import incident_filter
-from avgate.ledger.checkpoint import NoteError, NoteVerifier, open_checkpoint
+from avgate.cli.feed_trust import FeedError, LedgerTrust
 from avgate.ledger.remote import check_extends
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL}
 MAX_BACKOFF_SECONDS = 30.0
 
 
-class FeedError(Exception):
-    """A failure that stops the client with exit status 1."""
-
-
 class _State:
-    """The cursor and last verified tree head, saved atomically after every item."""
+    """The cursor, the last verified tree head and the pinned ledger keys, saved atomically after every item."""
 
     def __init__(self, path: pathlib.Path | None, cursor: str):
         self.path = path
         self.cursor = cursor
         self.head_note: bytes | None = None
+        self.vkeys: list[str] | None = None
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
             self.cursor = cursor or saved.get("cursor", "")
             note = saved.get("tree_head")
             self.head_note = note.encode() if note else None
+            self.vkeys = saved.get("vkeys") or None
 
     def save(self) -> None:
         if self.path is None:
             return
-        document = {"cursor": self.cursor, "tree_head": self.head_note.decode() if self.head_note else None}
+        document = {
+            "cursor": self.cursor,
+            "tree_head": self.head_note.decode() if self.head_note else None,
+            "vkeys": self.vkeys,
+        }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         with os.fdopen(fd, "w") as fh:
             json.dump(document, fh)
@@ -92,40 +96,34 @@ class _Follower:
         self.state = _State(pathlib.Path(args.state_file) if args.state_file else None, args.cursor or "")
         self.metadata = (("authorization", f"Bearer {args.api_key}"),)
         self.incidents = 0
-        self.verifiers: list[NoteVerifier] | None = None
+        where = str(self.state.path) if self.state.path else "this run (no --state-file)"
+        self.trust = LedgerTrust(args.vkey, self.state.vkeys, where)
 
-    async def _trusted(self, ledger: Any) -> list[NoteVerifier]:
-        if self.verifiers is None or not self.args.vkey:
-            if self.args.vkey:
-                try:
-                    self.verifiers = [NoteVerifier.from_vkey(v) for v in self.args.vkey]
-                except NoteError as exc:
-                    raise FeedError(f"--vkey: {exc}") from exc
-            else:
-                from avgate.reporting.v1 import reporting_pb2
+    async def _open(self, ledger: Any, note: bytes, what: str) -> Any:
+        """The checkpoint if a trusted key signed it; the keys are pinned in the state file on first use."""
+        from avgate.reporting.v1 import reporting_pb2
 
-                reply = await ledger.ListSigningKeys(
-                    reporting_pb2.ListSigningKeysRequest(), metadata=self.metadata, timeout=30
-                )
-                self.verifiers = [NoteVerifier.from_vkey(k.verifier_key) for k in reply.keys]
-        return self.verifiers
+        async def published() -> list[str]:
+            reply = await ledger.ListSigningKeys(
+                reporting_pb2.ListSigningKeysRequest(), metadata=self.metadata, timeout=30
+            )
+            return [k.verifier_key for k in reply.keys]
+
+        checkpoint = await self.trust.open(note, published, what)
+        if self.trust.pinned != self.state.vkeys:
+            self.state.vkeys = self.trust.pinned
+            self.state.save()
+        return checkpoint
 
     async def _check_head(self, ledger: Any, note: bytes) -> dict[str, Any]:
         """The head's JSON if it verifies and extends the previous one; FeedError otherwise."""
         from avgate.reporting.v1 import reporting_pb2
 
-        try:
-            checkpoint = open_checkpoint(note, await self._trusted(ledger))
-        except NoteError:
-            self.verifiers = None  # a rotated key: fetch the published keys once more
-            try:
-                checkpoint = open_checkpoint(note, await self._trusted(ledger))
-            except NoteError as exc:
-                raise FeedError(f"a tree head in the feed does not verify: {exc}") from exc
+        checkpoint = await self._open(ledger, note, "a tree head in the feed")
         consistent_with = None
         previous = self.state.head_note
         if previous is not None:
-            before = open_checkpoint(previous, await self._trusted(ledger))
+            before = await self._open(ledger, previous, "the last head saved in the state file")
             proof: list[bytes] = []
             if 0 < before.size < checkpoint.size:
                 reply = await ledger.GetConsistencyProof(
@@ -136,7 +134,7 @@ class _Follower:
                     timeout=30,
                 )
                 proof = [bytes(h) for h in reply.proof.path]
-            result = check_extends(previous, note, proof, await self._trusted(ledger))
+            result = check_extends(previous, note, proof, self.trust.known)
             if not result.ok:
                 raise FeedError(f"the log's new head does not extend the previous one: {result.message()}")
             consistent_with = before.size
@@ -247,7 +245,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     follow.add_argument("--since", help="only incidents created at or after this ISO 8601 time")
     follow.add_argument("--until", help="only incidents created before this ISO 8601 time")
     follow.add_argument("--no-tree-heads", action="store_true", help="leave the signed tree heads out")
-    follow.add_argument("--vkey", action="append", default=[], help="pin the ledger's note verifier key (repeatable)")
+    follow.add_argument(
+        "--vkey",
+        action="append",
+        default=[],
+        help="trust this ledger note verifier key and pin it in the state file in place of the pinned ones "
+        "(repeatable; default: the keys pinned on first use)",
+    )
     follow.add_argument("--heartbeat", type=int, default=15, help="heartbeat interval when idle, seconds")
     follow.add_argument("--max-items", type=int, default=0, help="stop after this many incidents")
     follow.add_argument("--exit-when-idle", action="store_true", help="stop at the first heartbeat (caught up)")

@@ -108,6 +108,11 @@ async def _prove_entry(ledger: Any, metadata: Any, manifest: dict[str, Any]) -> 
     if len(entries.entries) != 1:
         raise BundleError(f"the ledger has no entry at leaf {index}")
     entry = entries.entries[0]
+    if entry.redacted:
+        raise BundleError(
+            f"the ledger shows leaf {index} to this key redacted: only the regulator that asked for "
+            "the export, or an operator, can check its ledger entry online (verify offline instead)"
+        )
     document = json.loads(entry.canonical_json)
     if document.get("action") != "feed.export" or document.get("subject", {}).get("id") != manifest["export_id"]:
         raise BundleError(f"leaf {index} is not this export's ledger entry")

@@ -53,7 +53,7 @@ from services.reporting.incidents.service import IncidentService
 from services.reporting.incidents.store import SqlIncidentStore
 from services.reporting.ledger.sequencer import Sequencer, SequencerMetrics
 from services.reporting.ledger.server import AuditLedgerServicer
-from services.reporting.ledger.store import LedgerReader
+from services.reporting.ledger.store import LedgerReader, SqlRecordScopes
 from services.reporting.models import SCHEMA
 from services.reporting.rumors.server import RumorServicer
 from services.reporting.rumors.service import RumorService
@@ -237,7 +237,7 @@ def reporting(
     )
     assessments = AssessmentService(SqlAssessmentStore(engine, incident_store.write_new), incidents)
     ledger_reader = LedgerReader(pool)
-    ledger = AuditLedgerServicer(ledger_reader)
+    ledger = AuditLedgerServicer(ledger_reader, SqlRecordScopes(pool))
     export_store = SqlExportStore(engine)
     feed = RegulatorFeedServicer(
         FeedService(SqlFeedStore(engine), ledger_reader, clock=clock),

@@ -144,6 +144,39 @@ def test_a_head_signed_by_another_key_stops_the_client(running: RunningStack, tm
     assert [x for x in written if "tree_head" in x] == [], "an unverified head is never written"
 
 
+def test_keys_pinned_on_first_use_refuse_a_log_that_now_signs_with_another_key(
+    running: RunningStack, tmp_path: pathlib.Path
+) -> None:
+    since = datetime.datetime.now(datetime.UTC).isoformat()
+    create_incidents(running, 1)
+    wait_for_head_beyond(running, 0)
+    state, out = tmp_path / "feed.state", tmp_path / "feed.jsonl"
+    genuine = ledger_vkey(running)
+    done = follow(running, state, out, "--since", since)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(state.read_text())["vkeys"] == [genuine], "the first run pins what the log publishes"
+
+    # The next run meets a log whose key is not the one pinned (a swapped or compromised server
+    # publishing its own key): here the pin is another key of the same name, as if the first run
+    # had met the genuine log and this stack were the impostor.
+    pinned = NoteSigner.generate(genuine.split("+")[0]).vkey()
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps({**saved, "vkeys": [pinned]}))
+    before = len(lines(out))
+    size = wait_for_head_beyond(running, 0)
+    create_incidents(running, 1)
+    wait_for_head_beyond(running, size)
+    done = follow(running, state, out, "--since", since)
+    assert done.returncode == 1
+    assert "not by a key pinned in" in done.stderr and "--vkey" in done.stderr, done.stderr
+    assert [x for x in lines(out)[before:] if "tree_head" in x] == [], "an unpinned head is never written"
+    assert json.loads(state.read_text())["vkeys"] == [pinned], "the server cannot change the pins"
+
+    done = follow(running, state, out, "--since", since, "--vkey", genuine)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(state.read_text())["vkeys"] == [genuine], "--vkey replaces the pins"
+
+
 def feed_command(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, AVGATE_API_KEY=stack.description["development_api_keys"]["regulator"])
     return subprocess.run(

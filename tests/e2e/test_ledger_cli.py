@@ -124,10 +124,11 @@ class Ledger:
     saved_file: pathlib.Path
     saved: dict  # type: ignore[type-arg]  # `head --json` at the time the head was saved
 
-    def stub_call(self, method: str, request: object) -> object:
+    def stub_call(self, method: str, request: object, key: str | None = None) -> object:
         with grpc.insecure_channel(self.stack.gateway) as channel:
             stub = reporting_pb2_grpc.AuditLedgerServiceStub(channel)
-            return getattr(stub, method)(request, metadata=(("authorization", f"Bearer {self.key}"),), timeout=10)
+            metadata = (("authorization", f"Bearer {key or self.key}"),)
+            return getattr(stub, method)(request, metadata=metadata, timeout=10)
 
     def latest(self) -> reporting_pb2.SignedTreeHead:
         reply = self.stub_call("GetLatestTreeHead", reporting_pb2.GetLatestTreeHeadRequest())
@@ -143,9 +144,13 @@ class Ledger:
         reply = self.stub_call("ListSigningKeys", reporting_pb2.ListSigningKeysRequest())
         return [k.verifier_key for k in reply.keys]  # type: ignore[attr-defined]
 
-    def entries(self, size: int) -> list[reporting_pb2.LedgerEntry]:
-        reply = self.stub_call("ListEntries", reporting_pb2.ListEntriesRequest(start_index=0, end_index=size))
+    def entries(self, size: int, key: str | None = None) -> list[reporting_pb2.LedgerEntry]:
+        """Entries [0, size) as the regulator lists them (or the holder of `key`)."""
+        reply = self.stub_call("ListEntries", reporting_pb2.ListEntriesRequest(start_index=0, end_index=size), key)
         return list(reply.entries)  # type: ignore[attr-defined]
+
+    def operator_entries(self, size: int) -> list[reporting_pb2.LedgerEntry]:
+        return self.entries(size, self.stack.description["development_api_keys"]["operator"])
 
     def wait_for_size(self, at_least: int) -> int:
         deadline = time.monotonic() + WAIT_SECONDS
@@ -222,12 +227,23 @@ def test_head_prints_the_signed_checkpoint_and_its_fields(ledger: Ledger) -> Non
     assert abs((datetime.datetime.now(datetime.UTC) - when).total_seconds()) < 600
 
 
+def rfc9162_root(leaf_hashes: list[bytes]) -> bytes:
+    """MTH(D[n]) of RFC 9162 §2.1.1 over leaf hashes, as written there (k: largest power of 2 < n)."""
+    if len(leaf_hashes) == 1:
+        return leaf_hashes[0]
+    k = 1
+    while k * 2 < len(leaf_hashes):
+        k *= 2
+    return hashlib.sha256(b"\x01" + rfc9162_root(leaf_hashes[:k]) + rfc9162_root(leaf_hashes[k:])).digest()
+
+
 def test_the_root_of_every_signed_head_matches_the_entries_rebuilt_with_pymerkle(ledger: Ledger) -> None:
     latest = ledger.latest()
-    entries = ledger.entries(latest.tree_size)
+    entries = ledger.operator_entries(latest.tree_size)  # an operator reads every entry in full
     assert [e.sequence_number for e in entries] == list(range(latest.tree_size))
     tree = InmemoryTree(algorithm="sha256")
     for e in entries:
+        assert not e.redacted
         tree.append_entry(e.canonical_json)
         assert hashlib.sha256(b"\x00" + e.canonical_json).digest() == e.leaf_hash
     assert tree.get_root(latest.tree_size) == latest.root_hash
@@ -237,6 +253,30 @@ def test_the_root_of_every_signed_head_matches_the_entries_rebuilt_with_pymerkle
     assert json.loads(head.stdout)["root_hash"] == ledger.saved["root_hash"]
 
 
+def test_a_regulator_gets_other_events_redacted_and_still_rebuilds_every_root(ledger: Ledger) -> None:
+    """API-key changes are no regulator's record: it gets their index, time and leaf hash only."""
+    latest = ledger.latest()
+    full = ledger.operator_entries(latest.tree_size)
+    mine = ledger.entries(latest.tree_size)
+    assert [e.sequence_number for e in mine] == list(range(latest.tree_size))
+    key_changes = [e.sequence_number for e in full if json.loads(e.canonical_json)["action"].startswith("api_key.")]
+    assert len(key_changes) >= DEV_KEY_ENTRIES + 6
+    for index in key_changes:
+        assert mine[index].redacted
+        assert (mine[index].canonical_json, mine[index].entry_id) == (b"", "")
+        assert mine[index].leaf_hash == full[index].leaf_hash
+        assert mine[index].integrate_time == full[index].integrate_time
+    for entry in mine:
+        if not entry.redacted:
+            assert hashlib.sha256(b"\x00" + entry.canonical_json).digest() == entry.leaf_hash
+    leaf_hashes = [bytes(e.leaf_hash) for e in mine]
+    assert rfc9162_root(leaf_hashes) == latest.root_hash
+    assert rfc9162_root(leaf_hashes[: ledger.saved["tree_size"]]).hex() == ledger.saved["root_hash"]
+    done = ledger.ledger("prove-inclusion", "--index", str(key_changes[-1]), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["leaf_hash"] == mine[key_changes[-1]].leaf_hash.hex()
+
+
 @pytest.mark.parametrize("which", ["first", "last", "entry-id", "saved size"])
 def test_inclusion_proofs_verify_with_pymerkle(ledger: Ledger, which: str) -> None:
     latest = ledger.latest()
@@ -244,7 +284,7 @@ def test_inclusion_proofs_verify_with_pymerkle(ledger: Ledger, which: str) -> No
     if which == "last":
         args = ["--index", str(latest.tree_size - 1)]
     elif which == "entry-id":
-        entry = ledger.entries(latest.tree_size)[DEV_KEY_ENTRIES + 1]
+        entry = ledger.operator_entries(latest.tree_size)[DEV_KEY_ENTRIES + 1]
         args = ["--entry-id", entry.entry_id]
     elif which == "saved size":
         args = ["--index", "2", "--size", str(ledger.saved["tree_size"])]

@@ -62,6 +62,7 @@ async def feed(
             database,
             NoteVerifier.from_vkey(signer.vkey()),
             settings,
+            reporting_pb2_grpc.AuditLedgerServiceStub(channel),
         )
     finally:
         await channel.close()

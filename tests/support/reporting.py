@@ -52,8 +52,8 @@ CYBERSPACE_BEIJING = regulator(("cyberspace",), ("110000",))
 
 @dataclass
 class Feed:
-    """A reporting server with its sequencer on (the `feed` fixture): incidents, the regulator feed
-    and evidence on one channel, the verifier of its tree heads, and the settings it runs with."""
+    """A reporting server with its sequencer on (the `feed` fixture): incidents, the regulator feed,
+    evidence and the audit ledger on one channel, the verifier of its tree heads, and the settings it runs with."""
 
     incidents: reporting_pb2_grpc.IncidentServiceStub
     feed: reporting_pb2_grpc.RegulatorFeedServiceStub
@@ -62,10 +62,14 @@ class Feed:
     database: Database
     verifier: NoteVerifier
     settings: ReportingSettings
+    ledger: reporting_pb2_grpc.AuditLedgerServiceStub
 
     def auth(self, principal: Principal, service: str, method: str) -> tuple[tuple[str, str], ...]:
         token = self.signer.sign(principal, audience="reporting", method=f"/avgate.reporting.v1.{service}/{method}")
         return ((TOKEN_METADATA_KEY, token),)
+
+    def ledger_auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
+        return self.auth(principal, "AuditLedgerService", method)
 
     def feed_auth(self, principal: Principal, method: str) -> tuple[tuple[str, str], ...]:
         return self.auth(principal, "RegulatorFeedService", method)

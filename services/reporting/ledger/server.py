@@ -2,7 +2,8 @@
 
 Heads, proofs and signing keys hold hashes, never tenant data, so every
 authenticated caller may read them; entries themselves are for regulators
-and operators.
+and operators, a regulator reading in full only those services.reporting.ledger.visibility
+allows it (the others come redacted: index, time and leaf hash).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from avgate.kernel.principal import Role, current_principal
 from avgate.ledger.checkpoint import Checkpoint, NoteVerifier, Signature, UnverifiedNoteError, open_note
 from avgate.reporting.v1 import reporting_pb2, reporting_pb2_grpc
 from services.reporting.ledger.store import Head, LedgerReader
+from services.reporting.ledger.visibility import RecordScopes, readable
 
 MAX_ENTRIES_PER_PAGE = 1000
 
 
 class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
-    def __init__(self, reader: LedgerReader):
+    def __init__(self, reader: LedgerReader, records: RecordScopes):
         self._reader = reader
+        self._records = records
         # The published keys change only on rotation: read them once, again when a head
         # names a key not yet seen.
         self._known: list[NoteVerifier] | None = None
@@ -136,12 +139,14 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
     async def ListEntries(
         self, request: reporting_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
     ) -> reporting_pb2.ListEntriesResponse:
-        current_principal().require_role(Role.REGULATOR, Role.OPERATOR)
+        caller = current_principal()
+        caller.require_role(Role.REGULATOR, Role.OPERATOR)
         if request.end_index and request.end_index <= request.start_index:
             raise InvalidArgument(FieldViolation("end_index", "must be greater than start_index"))
         end = request.end_index or request.start_index + MAX_ENTRIES_PER_PAGE
         end = min(end, request.start_index + MAX_ENTRIES_PER_PAGE)
         entries = await self._reader.entries(request.start_index, end)
+        full = await readable(caller, [e.payload for e in entries], self._records)
         return reporting_pb2.ListEntriesResponse(
             entries=[
                 reporting_pb2.LedgerEntry(
@@ -151,7 +156,14 @@ class AuditLedgerServicer(reporting_pb2_grpc.AuditLedgerServiceServicer):
                     leaf_hash=e.leaf_hash,
                     integrate_time=timestamp(e.integrated_at),
                 )
-                for e in entries
+                if shown
+                else reporting_pb2.LedgerEntry(
+                    sequence_number=e.leaf_index,
+                    leaf_hash=e.leaf_hash,
+                    integrate_time=timestamp(e.integrated_at),
+                    redacted=True,
+                )
+                for e, shown in zip(entries, full, strict=True)
             ],
             first_retained_index=await self._reader.first_retained_index(),
         )

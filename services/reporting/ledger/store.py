@@ -1,5 +1,6 @@
 """Reads of the ledger for heads, proofs and entries (the reporting role has
-SELECT on the ledger; only the sequencer writes it)."""
+SELECT on the ledger; only the sequencer writes it), and of the routes that
+decide which entries a regulator reads in full (`SqlRecordScopes`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from avgate.ledger import merkle
+from services.reporting.domain import Route
+from services.reporting.ledger.visibility import ScopeQuery, Scopes
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,45 @@ class LedgerReader:
             until = rows[i + 1][1] if i + 1 < len(rows) else None
             keys.append(PublishedKey(vkey, valid_from, until))
         return keys
+
+
+# One arm per routed record type; each probes its own primary key or index (`= any`), so a
+# page of 1000 entries costs one round trip, whatever it holds.
+_ROUTES = (
+    "select 'incident', i.incident_id, i.route_departments, i.route_regions from reporting.incidents i "
+    "where i.incident_id = any(%(incident)s) "
+    "union all "
+    "select 'evidence', a.evidence_id, i.route_departments, i.route_regions "
+    "from reporting.evidence_attachments a join reporting.incidents i on i.incident_id = a.incident_id "
+    "where a.evidence_id = any(%(evidence)s) "
+    "union all "
+    "select 'security_assessment', s.assessment_id, i.route_departments, i.route_regions "
+    "from reporting.security_assessments s join reporting.incidents i on i.incident_id = s.incident_id "
+    "where s.assessment_id = any(%(security_assessment)s)"
+)
+
+
+class SqlRecordScopes:
+    """The routes of incidents, evidence and assessments, and the owners of exports, by id."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]):
+        self._pool = pool
+
+    async def scopes(self, query: ScopeQuery) -> Scopes:
+        routes: dict[tuple[str, str], list[Route]] = {}
+        owners: dict[str, str] = {}
+        async with self._pool.connection() as conn:
+            if any(query.ids.values()):
+                params = {k: sorted(query.ids.get(k, ())) for k in ("incident", "evidence", "security_assessment")}
+                cur = await conn.execute(_ROUTES, params)
+                for kind, record_id, departments, regions in await cur.fetchall():
+                    # Every route department in every route region, as the incident store reads them.
+                    found = routes.setdefault((kind, record_id), [])
+                    found.extend(Route(d, r) for d in departments for r in regions)
+            if query.export_ids:
+                cur = await conn.execute(
+                    "select export_id, principal->>'sub' from reporting.exports where export_id = any(%s)",
+                    (sorted(query.export_ids),),
+                )
+                owners = {export_id: owner for export_id, owner in await cur.fetchall() if owner}
+        return Scopes({k: tuple(v) for k, v in routes.items()}, owners)
