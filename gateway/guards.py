@@ -137,7 +137,10 @@ async def timed_stream(
         if timeout is not None and timeout <= 0:
             raise StreamTimedOut("the stream ran its maximum time")
         try:
-            item = await asyncio.wait_for(iterator.__anext__(), timeout)
+            # asyncio.timeout, not wait_for: wait_for runs each item in a task of its own (Python 3.11),
+            # which cost a relayed Follow more than the relay.
+            async with asyncio.timeout(timeout):
+                item = await iterator.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:

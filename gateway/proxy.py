@@ -105,7 +105,7 @@ class Proxy:
         with self._guards.budget.request():
             while True:
                 self._guards.breaker_allows(guard)
-                call = upstream.channel.unary_unary(method)(
+                call = upstream.unary_unary(method)(
                     request, metadata=self._metadata(upstream, method), timeout=max(0.0, deadline - self._clock())
                 )
                 try:

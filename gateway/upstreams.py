@@ -38,6 +38,8 @@ class Upstream:
     channel: grpc.aio.Channel | None = None
     # The gateway's mTLS credentials inside (avgate.kernel.tls); None: plaintext.
     credentials: grpc.ChannelCredentials | None = None
+    # One multicallable per method on this channel, made on first use (not per call).
+    _unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict, repr=False)
 
     @property
     def service_names(self) -> list[str]:
@@ -46,9 +48,18 @@ class Upstream:
     def methods(self) -> list[tuple[ServiceDescriptor, MethodDescriptor]]:
         return [(s, m) for s in self.descriptors for m in s.methods]
 
+    def unary_unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """The channel's raw-bytes multicallable for a unary method."""
+        assert self.channel is not None, "upstream channels are created at start-up"
+        callable_ = self._unary.get(method)
+        if callable_ is None:
+            callable_ = self._unary[method] = self.channel.unary_unary(method)
+        return callable_
+
     def connect(self) -> None:
         """Creates the channel; call inside the running event loop. Over mTLS the upstream's certificate
         must name avgate-<name>, whatever address the target is."""
+        self._unary.clear()
         self.channel = secure_or_plain(
             self.target,
             self.credentials,

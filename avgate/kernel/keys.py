@@ -9,6 +9,7 @@ stand-in: the production profile refuses it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pathlib
 import re
@@ -35,7 +36,7 @@ class SigningKey:
     issuer: str
     private_key: Ed25519PrivateKey
 
-    @property
+    @functools.cached_property
     def kid(self) -> str:
         return key_id(self.private_key.public_key())
 

@@ -148,3 +148,61 @@ class TestTenancy:
     def test_regulator_has_no_tenant(self) -> None:
         with pytest.raises(PermissionDenied):
             Principal(role=Role.REGULATOR, subject="r").require_tenant()
+
+
+class TestJwtFormat:
+    """Tokens are signed and checked without a JWT library; any JWT library must agree with both."""
+
+    def test_a_jwt_library_verifies_a_signed_token(self, gateway_key: SigningKey) -> None:
+        token = TokenSigner(gateway_key).sign(PROVIDER, audience="identity", method=METHOD)
+        assert jwt.get_unverified_header(token) == {"alg": "EdDSA", "kid": gateway_key.kid, "typ": "JWT"}
+        claims = jwt.decode(
+            token, gateway_key.private_key.public_key(), algorithms=["EdDSA"], audience="identity", issuer="gateway"
+        )
+        assert (claims["mth"], claims["prn"]["tenant"]) == (METHOD, "t1")
+
+    def test_a_token_a_jwt_library_signed_is_accepted(self, gateway_key: SigningKey, verifier: TokenVerifier) -> None:
+        now = int(time.time())
+        claims = {
+            "iss": "gateway",
+            "aud": ["identity", "other"],
+            "iat": now,
+            "nbf": now,
+            "exp": now + 30,
+            "jti": "j1",
+            "rid": "r1",
+            "mth": METHOD,
+            "prn": PROVIDER.to_claims(),
+        }
+        token = jwt.encode(claims, gateway_key.private_key, algorithm="EdDSA", headers={"kid": gateway_key.kid})
+        assert verifier.verify(token, method=METHOD) == PROVIDER
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"iat": 10**10},
+            {"nbf": 10**10},
+            {"exp": "soon"},
+            {"jti": 7},
+            {"aud": [1]},
+            {"mth": None},
+        ],
+        ids=["issued-in-the-future", "not-yet-valid", "exp-not-a-number", "jti-not-text", "aud-not-text", "no-mth"],
+    )
+    def test_claims_out_of_shape_are_refused(
+        self, gateway_key: SigningKey, verifier: TokenVerifier, change: dict[str, object]
+    ) -> None:
+        claims = jwt.decode(
+            TokenSigner(gateway_key).sign(PROVIDER, audience="identity", method=METHOD),
+            options={"verify_signature": False},
+        )
+        claims.update(change)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        token = jwt.encode(claims, gateway_key.private_key, algorithm="EdDSA", headers={"kid": gateway_key.kid})
+        with pytest.raises(InvalidPrincipalToken, match="claims invalid"):
+            verifier.verify(token, method=METHOD)
+
+    @pytest.mark.parametrize("token", ["abc", "a.b", "a.b.c.d", "é.é.é", "e30.W10.AA", "bm90IGpzb24.e30.AA"])
+    def test_malformed_tokens_are_refused(self, verifier: TokenVerifier, token: str) -> None:
+        with pytest.raises(InvalidPrincipalToken, match="malformed"):
+            verifier.verify(token, method=METHOD)

@@ -35,7 +35,13 @@ async def iterate_result(result: Any) -> AsyncIterator[Any]:
 
 
 class ScopedInterceptor(grpc.aio.ServerInterceptor):
-    """Base: runs each call of each handler inside `self.scope(method, context)`."""
+    """Base: runs each call of each handler inside `self.scope(method, context)`.
+
+    grpc asks every interceptor for the handler on every call; the wrapped
+    handler is built once per method and handler below it, then reused.
+    """
+
+    _wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]]
 
     def applies_to(self, method: str) -> bool:
         return True
@@ -50,9 +56,19 @@ class ScopedInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not self.applies_to(method):
+        if handler is None:
             return handler
-        return wrap_handler(handler, method, self.scope)
+        try:
+            wrapped = self._wrapped
+        except AttributeError:  # subclasses need not call a base __init__
+            wrapped = self._wrapped = {}
+        known = wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        # Only methods that have a handler get here, so the cache holds the server's methods and no more.
+        outer = wrap_handler(handler, method, self.scope) if self.applies_to(method) else handler
+        wrapped[method] = (handler, outer)
+        return outer
 
 
 def wrap_handler(
