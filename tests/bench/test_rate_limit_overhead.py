@@ -64,6 +64,12 @@ def _gateway_env(running: RunningStack, database: Database, port: int, limits: d
                 f"GATEWAY_{name.upper()}_TARGET": running.description["processes"][name]["grpc"]
                 for name in ("identity", "screening", "reporting", "complaints")
             },
+            # Inside the stack every service takes mTLS only: these gateways present the stack's gateway
+            # certificate, as the stack's own gateway does.
+            "AVGATE_TLS_CA_FILE": str(running.tls["ca"]),
+            "AVGATE_TLS_CERT_FILE": str(running.tls["processes"]["gateway"]["cert"]),
+            "AVGATE_TLS_KEY_FILE": str(running.tls["processes"]["gateway"]["key"]),
+            "GATEWAY_HEALTH_PORT": "-1",
             **limits,
         }
     )
