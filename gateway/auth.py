@@ -34,7 +34,7 @@ from avgate.kernel.principal import (
     unbind_principal,
 )
 from avgate.kernel.tls import fingerprint, peer_certificate
-from gateway.addresses import ANONYMOUS_SUBJECT, ClientAddresses, peer_address
+from gateway.addresses import ANONYMOUS_SUBJECT, ClientAddresses
 from gateway.service import ApiKeyService
 
 END_USER_ADDRESS_KEY = "x-avgate-end-user-address"
@@ -92,7 +92,7 @@ class ApiKeyInterceptor(ScopedInterceptor):
                         FieldViolation(f"metadata.{END_USER_ADDRESS_KEY}", "must be an IPv4 or IPv6 address")
                     )
         elif key.role is Role.PUBLIC:
-            client_address = peer_address(context.peer())
+            client_address = self._addresses.of(context.peer(), metadata)
         principal = Principal(
             role=key.role,
             subject=key.key_id,

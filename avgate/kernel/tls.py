@@ -19,6 +19,7 @@ subject, which the production profile refuses (`is_generated`).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import pathlib
@@ -161,6 +162,7 @@ def peer_certificate(context: grpc.aio.ServicerContext) -> bytes | None:
     return values[0] if values else None
 
 
+@functools.lru_cache(maxsize=MAX_REMEMBERED_PEERS)
 def fingerprint(pem: bytes) -> str:
     """SHA-256 of the certificate's DER encoding, lower-case hex (what `openssl x509 -fingerprint -sha256` shows)."""
     der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
@@ -182,8 +184,9 @@ def names_in(pem: bytes) -> list[str]:
     return names + san.get_values_for_type(x509.DNSName) + san.get_values_for_type(x509.UniformResourceIdentifier)
 
 
+@functools.lru_cache(maxsize=MAX_REMEMBERED_PEERS)
 def named_process(pem: bytes) -> str | None:
-    """The avgate process a certificate names, or None."""
+    """The avgate process a certificate names, or None (remembered: a connection's calls present one certificate)."""
     for name in names_in(pem):
         last = name.rstrip("/").rsplit("/", 1)[-1]  # a URI names it in its last segment
         if last.startswith(NAME_PREFIX) and last[len(NAME_PREFIX) :] in PROCESS_NAMES:
@@ -195,18 +198,9 @@ class PeerProcessInterceptor(ScopedInterceptor):
     """On an mTLS service listener: the peer's certificate must name an avgate process (UNAUTHENTICATED
     otherwise). The CA was checked by TLS already; this keeps out other certificates of the same CA."""
 
-    def __init__(self) -> None:
-        self._known: dict[bytes, str | None] = {}
-
     def process_of(self, context: grpc.aio.ServicerContext) -> str | None:
         pem = peer_certificate(context)
-        if pem is None:
-            return None
-        if pem not in self._known:
-            if len(self._known) >= MAX_REMEMBERED_PEERS:
-                self._known.clear()
-            self._known[pem] = named_process(pem)
-        return self._known[pem]
+        return named_process(pem) if pem is not None else None
 
     @asynccontextmanager
     async def scope(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
