@@ -31,7 +31,7 @@ class MediaLimits:
     max_bytes: int = 2 * 1024**3
     max_duration_seconds: float = 3 * 3600.0
     max_pixels: int = 8192 * 8192
-    """Width × height of any image or video frame."""
+    """Width times height of any image or video frame."""
     cpu_seconds: float = 10.0
     """CPU time of the worker process for one file (RLIMIT_CPU and a wall-clock guard)."""
     memory_bytes: int = 512 * 1024**2
